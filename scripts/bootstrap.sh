@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Bootstrap a dev/CI machine: ensure redis-server exists, create .venv, install
+# the project editable with dev extras. Idempotent and fast when already done.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3}"
+VENV=".venv"
+STAMP="$VENV/.stamp"
+
+log() { printf 'bootstrap: %s\n' "$*" >&2; }
+die() { printf 'bootstrap: ERROR: %s\n' "$*" >&2; exit 1; }
+
+install_hint() {
+    cat >&2 <<'HINT'
+bootstrap: redis-server (>= 7) is required; the test suite starts its own
+           throwaway instances on free loopback ports. Install it with one of:
+             Debian/Ubuntu:  sudo apt-get update && sudo apt-get install -y redis-server
+             macOS:          brew install redis
+           or point at an existing binary:
+             export REDIS_SERVER=/path/to/redis-server
+HINT
+}
+
+find_redis() {
+    if [[ -n "${REDIS_SERVER:-}" ]]; then
+        [[ -x "$REDIS_SERVER" ]] || { install_hint; die "REDIS_SERVER=$REDIS_SERVER is not executable"; }
+        return 0
+    fi
+    command -v redis-server >/dev/null 2>&1
+}
+
+ensure_redis() {
+    find_redis && return 0
+    local sudo=""
+    if [[ "$(id -u)" -ne 0 ]]; then
+        if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+            sudo="sudo"
+        else
+            install_hint; die "redis-server not found and cannot install it (not root, no passwordless sudo)"
+        fi
+    fi
+    command -v apt-get >/dev/null 2>&1 || { install_hint; die "redis-server not found and apt-get is unavailable"; }
+    log "redis-server not found; installing via apt-get"
+    $sudo apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q redis-server
+    # Debian may auto-start a system service on :6379. The tests never use it:
+    # tests/redis_server.py spawns private servers on free ports with their own
+    # temp dirs, so the system service is simply left alone.
+    command -v redis-server >/dev/null 2>&1 || die "apt-get install redis-server did not provide redis-server"
+}
+
+ensure_python() {
+    command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found; Python >= 3.11 is required"
+    "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
+        || die "Python >= 3.11 required, but $PYTHON is $("$PYTHON" -V 2>&1)"
+}
+
+# hatchling writes the editable .pth only for package dirs that existed at
+# install time, so a venv made before streamproc/ or handlers/ existed cannot
+# import them: treat that as "not installed". find_spec runs from / so the repo
+# root on sys.path (cwd) can't mask the problem, and it doesn't import the code.
+editable_ok() {
+    local pkg py="$PWD/$VENV/bin/python"
+    for pkg in streamproc handlers; do
+        [[ -d "$pkg" ]] || continue
+        (cd / && "$py" -c \
+            "import importlib.util, sys; sys.exit(importlib.util.find_spec('$pkg') is None)") || return 1
+    done
+}
+
+ensure_venv() {
+    if [[ ! -x "$VENV/bin/python" ]]; then
+        ensure_python
+        log "creating $VENV"
+        "$PYTHON" -m venv "$VENV"
+    fi
+    # Skip the (slow) pip step when nothing that drives dependencies changed.
+    if [[ -f "$STAMP" && "$STAMP" -nt pyproject.toml ]] && editable_ok; then
+        return 0
+    fi
+    log "installing project (editable, dev extras)"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[dev]'
+    touch "$STAMP"
+}
+
+ensure_redis
+ensure_venv
+log "ok ($("${REDIS_SERVER:-redis-server}" --version | awk '{print $3}'), $("$VENV/bin/python" -V))"

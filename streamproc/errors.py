@@ -1,0 +1,50 @@
+"""One error base for everything streamproc raises; retriability is data, not a guess."""
+
+from __future__ import annotations
+
+
+class StreamprocError(Exception):
+    """Base of every error streamproc raises on purpose."""
+
+    retriable: bool = False
+
+
+class ConfigError(StreamprocError):
+    """The app, a handler or a setting is declared wrongly (raised at start-up, not per event)."""
+
+
+class PublishError(StreamprocError):
+    """Redis did not accept the event; nothing was appended. Safe to retry with the same event id."""
+
+    retriable = True
+
+
+class BacklogFull(PublishError):
+    """The stream's unconsumed backlog is over its limit; publish again after consumers catch up."""
+
+    def __init__(self, stream: str, backlog: int, limit: int) -> None:
+        super().__init__(f"backlog of {stream} is {backlog} entries, over the limit of {limit}")
+        self.stream = stream
+        self.backlog = backlog
+        self.limit = limit
+
+
+class DecodeError(StreamprocError):
+    """A stream entry cannot be turned back into an event (garbage bytes, unknown type, schema mismatch)."""
+
+
+class Retry(Exception):
+    """Raised by a handler to ask for another attempt after `delay` seconds (counts as an attempt)."""
+
+    def __init__(self, delay: float | None = None, reason: str = "retry requested") -> None:
+        super().__init__(reason)
+        self.delay = delay
+        self.reason = reason
+
+
+class DeadLetter(Exception):
+    """Raised by a handler to give up on an event at once: it goes to the group's dead-letter stream."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

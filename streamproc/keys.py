@@ -1,0 +1,75 @@
+"""Redis key layout. Every key of one (type, partition) shares one Cluster hash tag, so no command crosses slots.
+
+    {ns}:ev:{card.added:3}                     the stream
+    {ns}:retry:{card.added:3}:{group}          sorted set: entry id -> when its next attempt is due (ms)
+    {ns}:attempts:{card.added:3}:{group}       hash: entry id -> attempts started, for entries in retry
+    {ns}:dlq:{card.added:3}:{group}            the group's dead-letter stream for this partition
+    {ns}:dedup:{card.added:3}:{event id}       marker of a producer-given event id (expires after the window)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import ConfigError
+
+
+def check_namespace(ns: str) -> str:
+    if not ns or any(c in ns for c in "{}: \n*"):
+        raise ConfigError(f"namespace {ns!r} must be non-empty and free of braces, colons, spaces and '*'")
+    return ns
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionKeys:
+    """The keys of one (event type, partition)."""
+
+    ns: str
+    tag: str
+    partition: int
+
+    @property
+    def hash_tag(self) -> str:
+        return f"{{{self.tag}:{self.partition}}}"
+
+    @property
+    def stream(self) -> str:
+        return f"{self.ns}:ev:{self.hash_tag}"
+
+    def retry(self, group: str) -> str:
+        return f"{self.ns}:retry:{self.hash_tag}:{group}"
+
+    def attempts(self, group: str) -> str:
+        return f"{self.ns}:attempts:{self.hash_tag}:{group}"
+
+    def deadletter(self, group: str) -> str:
+        return f"{self.ns}:dlq:{self.hash_tag}:{group}"
+
+    def dedup(self, event_id: str) -> str:
+        return f"{self.ns}:dedup:{self.hash_tag}:{event_id}"
+
+
+def partition_keys(ns: str, tag: str, partitions: int) -> list[PartitionKeys]:
+    return [PartitionKeys(ns, tag, p) for p in range(partitions)]
+
+
+def _crc16(data: bytes) -> int:
+    """CRC16-CCITT (XMODEM), the checksum Redis Cluster uses for key slots."""
+    crc = 0
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc
+
+
+def key_slot(key: str | bytes) -> int:
+    """The Redis Cluster slot of a key, honouring {hash tags} exactly as the server does."""
+    raw = key.encode() if isinstance(key, str) else key
+    start = raw.find(b"{")
+    if start != -1:
+        end = raw.find(b"}", start + 1)
+        if end > start + 1:
+            raw = raw[start + 1 : end]
+    return _crc16(raw) % 16384

@@ -1,0 +1,82 @@
+"""Every tunable of streamproc in one frozen object, read from the environment once, at the edge."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .errors import ConfigError
+
+ENV_PREFIX = "STREAMPROC_"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Runtime settings. Each field can be set by `STREAMPROC_<FIELD>` (upper case); `REDIS_URL` sets redis_url."""
+
+    redis_url: str = "redis://localhost:6379/0"
+    # A consumer that has not refreshed an entry for this long is presumed dead; XAUTOCLAIM takes its entries.
+    lease_ms: int = 30_000
+    # How long one XREADGROUP waits for new entries; bounds how quickly a worker notices a stop.
+    block_ms: int = 1_000
+    # Entries per XREADGROUP / XAUTOCLAIM call.
+    batch_size: int = 200
+    # How often stalled entries and due retries are looked for.
+    claim_interval_ms: int = 5_000
+    retry_poll_ms: int = 100
+    # On SIGTERM, in-flight handlers get this long to finish before they are left pending for others.
+    grace_period_s: float = 30.0
+    # A producer-given event id is appended at most once within this window.
+    dedup_window_ms: int = 86_400_000
+    # publish raises BacklogFull when a stream's unconsumed entries (lag + pending of its slowest group) pass this.
+    # 0 turns the check off.
+    max_backlog: int = 1_000_000
+    backlog_check_ms: int = 1_000
+    # Fully acknowledged history is kept this long (so a new group can replay it) and at most this many entries.
+    retention_ms: int = 86_400_000
+    retention_max_length: int = 1_000_000
+    trim_interval_ms: int = 10_000
+    # Consumers idle this long with nothing pending are removed from their group.
+    consumer_gc_idle_ms: int = 600_000
+    # Worker processes the supervisor runs; 0 means one per CPU.
+    processes: int = 0
+    # Dead-letter streams keep at most this many entries per (partition, group).
+    deadletter_max_length: int = 100_000
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, int | float) and value < 0:
+                raise ConfigError(f"setting {field.name} must not be negative, got {value}")
+        if self.lease_ms < 10 or self.block_ms < 1 or self.batch_size < 1:
+            raise ConfigError("lease_ms >= 10, block_ms >= 1 and batch_size >= 1 are required")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Build settings from `STREAMPROC_*` and `REDIS_URL`; explicit overrides (e.g. CLI flags) win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        if "REDIS_URL" in env:
+            values["redis_url"] = env["REDIS_URL"]
+        for field in dataclasses.fields(cls):
+            raw = env.get(ENV_PREFIX + field.name.upper())
+            if raw is not None:
+                values[field.name] = _parse(field.name, field.type, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+    def replace(self, **changes: object) -> Settings:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _parse(name: str, kind: object, raw: str) -> object:
+    try:
+        if kind in ("int", int):
+            return int(raw)
+        if kind in ("float", float):
+            return float(raw)
+    except ValueError:
+        raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a number") from None
+    return raw

@@ -1,0 +1,47 @@
+"""Which streams exist for an app and which groups read each of them: the routing table, built at registration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .codec import EventCodec
+from .event import Event, check_event_type
+from .keys import PartitionKeys, partition_keys
+
+StartAt = Literal["new", "all"]
+
+
+@dataclass(slots=True)
+class TypeRoute:
+    """One event type: its codec, its partitions' keys, and the groups that consume it (group -> start)."""
+
+    event_type: type[Event]
+    tag: str
+    codec: EventCodec[Event]
+    partitions: list[PartitionKeys]
+    groups: dict[str, StartAt] = field(default_factory=dict)
+
+
+class Topology:
+    def __init__(self, ns: str) -> None:
+        self.ns = ns
+        self.by_tag: dict[str, TypeRoute] = {}
+        self.by_type: dict[type[Event], TypeRoute] = {}
+
+    def route(self, event_type: type[Event]) -> TypeRoute:
+        """The route of a type, registering the type on first sight."""
+        found = self.by_type.get(event_type)
+        if found is not None:
+            return found
+        tag = check_event_type(event_type)
+        other = self.by_tag.get(tag)
+        if other is not None:
+            raise ValueError(f"tag {tag!r} is used by both {other.event_type.__name__} and {event_type.__name__}")
+        route = TypeRoute(event_type, tag, EventCodec(event_type), partition_keys(self.ns, tag, event_type.partitions))
+        self.by_tag[tag] = route
+        self.by_type[event_type] = route
+        return route
+
+    def all_group_names(self) -> list[str]:
+        return sorted({g for route in self.by_tag.values() for g in route.groups})
