@@ -43,7 +43,7 @@ def check_event_type(event_type: type[Event]) -> str:
         raise ConfigError(f"{event_type.__name__}.partitions must be a positive int")
     key = event_type.partition_key
     if event_type.partitions > 1 and key not in event_type.__struct_fields__:
-        raise ConfigError(f"{event_type.__name__} has {event_type.partitions} partitions: partition_key must name a field")
+        raise ConfigError(f"{event_type.__name__} has several partitions: partition_key must name one of its fields")
     return tag
 
 

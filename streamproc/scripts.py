@@ -103,8 +103,8 @@ end
 return removed
 """
 
-# KEYS: stream, then the retry sets of every group on it. ARGV: policy min id ('0-0' = none),
-# max length (0 = none), max entries to inspect for the length policy.
+# KEYS: stream. ARGV: policy min id ('0-0' = none), max length (0 = none), max entries to inspect for the
+# length policy, the key prefix of this partition's retry sets (the group name completes it; same hash tag).
 # Trims below the oldest entry any group still needs (pending, unread, or scheduled for retry) and below
 # the retention policy, whichever is lower. Returns {entries trimmed, the min id used}.
 TRIM = """
@@ -128,8 +128,10 @@ for _, g in ipairs(groups) do
     need({last[1], last[2] + 1})
   end
 end
-for i = 2, #KEYS do
-  for _, id in ipairs(redis.call('ZRANGE', KEYS[i], 0, -1)) do need(parse(id)) end
+for _, g in ipairs(groups) do
+  local name
+  for i = 1, #g, 2 do if g[i] == 'name' then name = g[i + 1] end end
+  for _, id in ipairs(redis.call('ZRANGE', ARGV[4] .. name, 0, -1)) do need(parse(id)) end
 end
 if safe == nil then return {0, ''} end
 local policy = parse(ARGV[1])

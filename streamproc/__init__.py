@@ -1,0 +1,37 @@
+"""streamproc: an asyncio event stream processor on Redis Streams."""
+
+from .app import App, Handler
+from .backoff import Backoff
+from .context import Context
+from .deadletter import DeadLettered, read_deadletters
+from .errors import BacklogFull, ConfigError, DeadLetter, DecodeError, PublishError, Retry, StreamprocError
+from .event import Event, new_event_id, partition_of
+from .keys import PartitionKeys, key_slot
+from .publish import Outgoing, Published
+from .settings import Settings
+from .worker import run_worker
+
+__all__ = [
+    "App",
+    "BacklogFull",
+    "Backoff",
+    "ConfigError",
+    "Context",
+    "DeadLetter",
+    "DeadLettered",
+    "DecodeError",
+    "Event",
+    "Handler",
+    "Outgoing",
+    "PartitionKeys",
+    "PublishError",
+    "Published",
+    "Retry",
+    "Settings",
+    "StreamprocError",
+    "key_slot",
+    "new_event_id",
+    "partition_of",
+    "read_deadletters",
+    "run_worker",
+]

@@ -1,0 +1,141 @@
+"""The App: declares events and handlers, owns the Redis client, and publishes."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+import redis.asyncio as aioredis
+
+from .backoff import Backoff
+from .codec import EventCodec
+from .context import Context
+from .errors import ConfigError
+from .event import Event
+from .keys import check_namespace
+from .publish import Outgoing, Published, Publisher
+from .settings import Settings
+from .topology import StartAt, Topology, TypeRoute
+
+E = TypeVar("E", bound=Event)
+HandlerFn = Callable[[E, Context], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Handler(Generic[E]):
+    """One registered handler: what it consumes, in which group, with which limits."""
+
+    fn: HandlerFn[E]
+    route: TypeRoute
+    codec: EventCodec[E]
+    group: str
+    concurrency: int
+    max_attempts: int
+    max_deliveries: int
+    backoff: Backoff
+    timeout: float | None
+    start: StartAt
+
+    @property
+    def name(self) -> str:
+        return getattr(self.fn, "__qualname__", repr(self.fn))
+
+
+class App:
+    """A namespace of event types and handler groups, bound to one Redis (from settings, REDIS_URL, or localhost)."""
+
+    def __init__(self, name: str, *, redis_url: str | None = None, settings: Settings | None = None) -> None:
+        self.name = check_namespace(name)
+        settings = settings if settings is not None else Settings.from_env()
+        self.settings = settings.replace(redis_url=redis_url) if redis_url else settings
+        self.topology = Topology(self.name)
+        self.handlers: list[Handler[Any]] = []
+        self._redis: aioredis.Redis | None = None
+        self._publisher: Publisher | None = None
+
+    def register(self, *event_types: type[Event]) -> None:
+        """Declare event types that this app publishes or accepts even without a handler here."""
+        for event_type in event_types:
+            self.topology.route(event_type)
+
+    def handler(
+        self,
+        event_type: type[E],
+        *,
+        group: str,
+        concurrency: int = 10,
+        max_attempts: int = 5,
+        max_deliveries: int | None = None,
+        backoff: Backoff | None = None,
+        timeout: float | None = 60.0,
+        start: StartAt = "new",
+    ) -> Callable[[HandlerFn[E]], HandlerFn[E]]:
+        """Register `fn(event, ctx)` for `event_type` in consumer group `group`.
+
+        max_deliveries (default max_attempts + 2) bounds how often an entry may be started at all, counting
+        redeliveries after crashes; `start` says where a group added to a stream with history begins.
+        """
+        check_namespace(group)
+        if concurrency < 1 or max_attempts < 1 or (max_deliveries is not None and max_deliveries < 1):
+            raise ConfigError("concurrency, max_attempts and max_deliveries must be at least 1")
+        if start not in ("new", "all"):
+            raise ConfigError(f"start must be 'new' or 'all', not {start!r}")
+
+        def register(fn: HandlerFn[E]) -> HandlerFn[E]:
+            route = self.topology.route(event_type)
+            if group in route.groups:
+                raise ConfigError(f"group {group!r} already has a handler for {route.tag!r}")
+            route.groups[group] = start
+            self.handlers.append(Handler(
+                fn=fn, route=route, codec=EventCodec(event_type), group=group, concurrency=concurrency,
+                max_attempts=max_attempts, max_deliveries=max_deliveries or max_attempts + 2,
+                backoff=backoff or Backoff(), timeout=timeout, start=start,
+            ))
+            return fn
+
+        return register
+
+    def groups(self) -> dict[str, list[Handler[Any]]]:
+        """Handlers by group name."""
+        out: dict[str, list[Handler[Any]]] = {}
+        for h in self.handlers:
+            out.setdefault(h.group, []).append(h)
+        return out
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        """The app's Redis client, created on first use (bytes in, bytes out)."""
+        if self._redis is None:
+            self._redis = aioredis.Redis.from_url(self.settings.redis_url, health_check_interval=30)
+        return self._redis
+
+    @property
+    def publisher(self) -> Publisher:
+        if self._publisher is None:
+            self._publisher = Publisher(self.redis, self.topology, self.settings)
+        return self._publisher
+
+    async def publish(self, event: Event, *, event_id: str | None = None,
+                      partition_key: str | None = None) -> Published:
+        """Append one event. Give `event_id` to make re-publishing it within the dedup window a no-op."""
+        return (await self.publisher.publish_many([Outgoing(event, event_id, partition_key)]))[0]
+
+    async def publish_many(self, events: Iterable[Event | Outgoing]) -> list[Published]:
+        """Append many events in one pipelined round trip."""
+        return await self.publisher.publish_many(events)
+
+    async def aclose(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+        self._redis = None
+        self._publisher = None
+
+    async def __aenter__(self) -> App:
+        await self.redis.ping()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()

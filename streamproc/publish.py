@@ -1,0 +1,144 @@
+"""Appending events to their streams: partition routing, group creation, dedup, backpressure."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, cast
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from .codec import encode_event, entry_fields
+from .errors import BacklogFull, PublishError
+from .event import Event, new_event_id, partition_of
+from .groups import ensure_groups
+from .keys import PartitionKeys
+from .scripts import PUBLISH_ONCE
+from .settings import Settings
+from .topology import Topology, TypeRoute
+
+log = logging.getLogger(__name__)
+
+
+class Published(msgspec.Struct, frozen=True):
+    """Where an event went. `appended` is False when its id was already published within the dedup window."""
+
+    event_id: str
+    stream: str
+    stream_id: str
+    appended: bool = True
+
+
+class Outgoing(msgspec.Struct, frozen=True):
+    """An event with the options of its publishing, for `publish_many`."""
+
+    event: Event
+    event_id: str | None = None
+    partition_key: str | None = None
+
+
+@dataclass(slots=True)
+class _Prepared:
+    keys: PartitionKeys
+    route: TypeRoute
+    event_id: str
+    fields: dict[bytes, bytes | str | int]
+    dedup: bool
+
+
+class Publisher:
+    """Appends events; one per App. Remembers which streams have their groups and recent backlog checks."""
+
+    def __init__(self, redis: aioredis.Redis, topology: Topology, settings: Settings) -> None:
+        self._redis = redis
+        self._topology = topology
+        self._settings = settings
+        self._ready: set[str] = set()
+        self._backlog_checked: dict[str, tuple[float, int]] = {}
+        self._publish_once = redis.register_script(PUBLISH_ONCE)
+
+    async def publish_many(self, items: Iterable[Event | Outgoing]) -> list[Published]:
+        """Append all events in one pipelined round trip (plus one to create groups on first use)."""
+        prepared = [self._prepare(item if isinstance(item, Outgoing) else Outgoing(item)) for item in items]
+        if not prepared:
+            return []
+        try:
+            await self._ensure_ready(prepared)
+            await self._check_backlog({p.keys.stream for p in prepared})
+            replies = await self._append(prepared)
+        except RedisError as exc:
+            self._ready.clear()  # Redis may have restarted empty: create groups again before the next append
+            raise PublishError(f"Redis did not accept the events ({type(exc).__name__}: {exc}); nothing "
+                               "is confirmed appended, publish again with the same event ids") from exc
+        return [_published(p, reply) for p, reply in zip(prepared, replies, strict=True)]
+
+    def _prepare(self, out: Outgoing) -> _Prepared:
+        route = self._topology.route(type(out.event))
+        keys = route.partitions[partition_of(out.event, out.partition_key)]
+        event_id = out.event_id or new_event_id()
+        fields = entry_fields(event_id, route.tag, time.time_ns() // 1_000_000, encode_event(out.event))
+        return _Prepared(keys, route, event_id, fields, dedup=out.event_id is not None)
+
+    async def _ensure_ready(self, prepared: list[_Prepared]) -> None:
+        todo = {p.keys.stream: p.route for p in prepared if p.keys.stream not in self._ready}
+        wanted = [(stream, g, start) for stream, route in todo.items() for g, start in route.groups.items()]
+        await ensure_groups(self._redis, wanted)
+        self._ready.update(todo)
+
+    async def _append(self, prepared: list[_Prepared]) -> list[object]:
+        window = self._settings.dedup_window_ms
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for p in prepared:
+                if p.dedup:
+                    args = [window, *(x for kv in p.fields.items() for x in kv)]
+                    await self._publish_once(keys=[p.keys.stream, p.keys.dedup(p.event_id)], args=args, client=pipe)
+                else:
+                    pipe.xadd(p.keys.stream, p.fields)  # type: ignore[arg-type]
+            replies: list[object] = await pipe.execute(raise_on_error=True)
+        return replies
+
+    async def _check_backlog(self, streams: set[str]) -> None:
+        limit = self._settings.max_backlog
+        if not limit:
+            return
+        now = time.monotonic()
+        interval = self._settings.backlog_check_ms / 1000
+        stale = [s for s in streams if now - self._backlog_checked.get(s, (-1e9, 0))[0] >= interval]
+        if stale:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for stream in stale:
+                    pipe.xinfo_groups(stream)
+                    pipe.xlen(stream)
+                replies = await pipe.execute()
+            for i, stream in enumerate(stale):
+                self._backlog_checked[stream] = (now, _backlog(replies[2 * i], replies[2 * i + 1]))
+        for stream in streams:
+            backlog = self._backlog_checked[stream][1]
+            if backlog >= limit:
+                raise BacklogFull(stream, backlog, limit)
+
+
+def _backlog(groups: list[dict[str, object]], length: int) -> int:
+    """Entries the slowest group has not finished: not yet read (lag) plus read but not acked (pending)."""
+    worst = 0
+    for g in groups:
+        lag = g.get("lag")
+        pending = g.get("pending")
+        unread = lag if isinstance(lag, int) else length  # lag is unknown after some deletions: assume the worst
+        worst = max(worst, unread + (pending if isinstance(pending, int) else 0))
+    return worst
+
+
+def _published(p: _Prepared, reply: object) -> Published:
+    if p.dedup:
+        appended, stream_id = cast(list[Any], reply)  # the script returns {appended, id}
+        return Published(p.event_id, p.keys.stream, _text(stream_id), bool(appended))
+    return Published(p.event_id, p.keys.stream, _text(reply))
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

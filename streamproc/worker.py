@@ -1,0 +1,185 @@
+"""A worker process: one GroupWorker per handler group, each a small set of structured tasks.
+
+    reader ──► queue ──► runners (concurrency) ──► settler (acks flushed in pipelines)
+    claimer (XAUTOCLAIM stalled entries) ──┘ ▲
+    retry poller (due retries) ────────────┘ │
+    heartbeat: keeps the lease of every held entry fresh
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from .app import App, Handler
+from .consume import Delivery, Reader, Source
+from .groups import ensure_groups, recreate_group
+from .loops import repeat
+from .retention import maintain
+from .run import HandlerRun
+from .settings import Settings
+from .settle import Settler
+
+log = logging.getLogger(__name__)
+
+
+def consumer_name() -> str:
+    """Names the host and process, plus a random suffix so a restarted process with a reused pid is distinct."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class GroupWorker:
+    def __init__(self, app: App, group: str, handlers: list[Handler[Any]], consumer: str,
+                 concurrency: int | None = None) -> None:
+        self.app = app
+        self.group = group
+        self.settings: Settings = app.settings
+        self.redis: aioredis.Redis = app.redis
+        self.concurrency = concurrency or max(h.concurrency for h in handlers)
+        sources = [Source(h, keys) for h in handlers for keys in h.route.partitions]
+        self.reader = Reader(self.redis, group, consumer, sources)
+        self.settler = Settler(self.redis, group, consumer, self.settings.deadletter_max_length)
+        self.run_one = HandlerRun(self.settler, self.redis, app.name)
+        self.queue: asyncio.Queue[Delivery | None] = asyncio.Queue()
+        # Entries this consumer holds (queued or running), for heartbeats and capacity.
+        self.held: dict[tuple[str, bytes], Delivery] = {}
+        self.capacity = self.concurrency + self.settings.batch_size
+        self._space = asyncio.Event()
+        self._space.set()
+        self.stopping = asyncio.Event()  # stop taking new work
+        self._closed = asyncio.Event()  # stop the background loops (after in-flight work is settled)
+
+    @property
+    def free(self) -> int:
+        return self.capacity - len(self.held)
+
+    def _take(self, deliveries: list[Delivery]) -> None:
+        for d in deliveries:
+            if d.held_key in self.held:
+                continue  # already ours (a reclaim raced our own heartbeat); one run is enough
+            self.held[d.held_key] = d
+            self.queue.put_nowait(d)
+        if self.free <= 0:
+            self._space.clear()
+
+    def _release(self, d: Delivery) -> None:
+        self.held.pop(d.held_key, None)
+        if self.free > 0:
+            self._space.set()
+
+    async def _recreate_groups(self) -> None:
+        for stream in {s.keys.stream for s in self.reader.sources.values()}:
+            await recreate_group(self.redis, stream, self.group)
+
+    async def run(self) -> None:
+        """Process until `stopping` is set, then drain within the grace period and flush acks."""
+        async with asyncio.TaskGroup() as tg:
+            background = [tg.create_task(self.settler.run_flusher(self._closed)),
+                          tg.create_task(repeat(f"{self.group} heartbeat", self._heartbeat_step, self._closed,
+                                                self._recreate_groups))]
+            feeders = [tg.create_task(repeat(f"{self.group} {name}", step, self.stopping, self._recreate_groups))
+                       for name, step in (("reader", self._read_step), ("claimer", self._claim_step),
+                                          ("retries", self._retry_step))]
+            runners = [tg.create_task(self._runner()) for _ in range(self.concurrency)]
+            await self.stopping.wait()
+            await asyncio.wait(feeders)
+            await self._drain(runners)
+            self._closed.set()
+            for task in background:
+                task.cancel()
+
+    async def _drain(self, runners: list[asyncio.Task[None]]) -> None:
+        unstarted = []
+        while not self.queue.empty():
+            d = self.queue.get_nowait()
+            if d is not None:
+                unstarted.append(d)
+        for _ in runners:
+            self.queue.put_nowait(None)
+        if unstarted:
+            await _quietly(self.settler.hand_back(unstarted), "handing back unstarted entries")
+            for d in unstarted:
+                self._release(d)
+        _, late = await asyncio.wait(runners, timeout=self.settings.grace_period_s)
+        if late:
+            log.warning("%s: %d handler(s) still running after the grace period; leaving their entries pending",
+                        self.group, len(late))
+            for task in late:
+                task.cancel()
+            await asyncio.wait(late)
+        await _quietly(self.settler.flush(), "flushing acks at stop")
+
+    async def _runner(self) -> None:
+        while (d := await self.queue.get()) is not None:
+            try:
+                await self.run_one(d)
+            finally:
+                self._release(d)
+
+    async def _read_step(self) -> float:
+        try:
+            async with asyncio.timeout(self.settings.block_ms / 1000):
+                await self._space.wait()
+        except TimeoutError:
+            return 0.0
+        if self.stopping.is_set():
+            return 0.0
+        count = min(self.settings.batch_size, self.free)
+        self._take(await self.reader.read_new(count, self.settings.block_ms))
+        return 0.0
+
+    async def _claim_step(self) -> float:
+        if self.free > 0:
+            self._take(await self.reader.claim_stalled(self.settings.lease_ms, self.free))
+        return self.settings.claim_interval_ms / 1000
+
+    async def _retry_step(self) -> float:
+        if self.free > 0:
+            ready, gone = await self.reader.take_retries(self.settings.lease_ms, self.free)
+            self._take(ready)
+            if gone:
+                await self.settler.forget_retries(gone)
+        return self.settings.retry_poll_ms / 1000
+
+    async def _heartbeat_step(self) -> float:
+        if self.held:
+            lost = await self.settler.heartbeat(list(self.held.values()), self.settings.lease_ms)
+            for d in lost:
+                log.warning("%s lost the lease of %s %s (another consumer took it); it may run twice",
+                            self.group, d.keys.stream, d.entry_id.decode())
+        return self.settings.lease_ms / 3000
+
+
+async def _quietly(work: Any, what: str) -> None:
+    try:
+        await work
+    except Exception as exc:  # Redis is away at stop: entries stay pending and are reclaimed later
+        log.warning("%s failed (%s); the affected entries stay pending", what, exc)
+
+
+async def run_worker(app: App, stopping: asyncio.Event, groups: list[str] | None = None,
+                     concurrency: int | None = None) -> None:
+    """Run the app's handler groups (all, or those named) in this process until `stopping` is set."""
+    by_group = app.groups()
+    chosen = groups or sorted(by_group)
+    unknown = set(chosen) - set(by_group)
+    if unknown:
+        raise ValueError(f"no handlers for group(s) {sorted(unknown)}; known: {sorted(by_group)}")
+    consumer = consumer_name()
+    wanted = [(keys.stream, g, h.start) for g in chosen for h in by_group[g] for keys in h.route.partitions]
+    await ensure_groups(app.redis, wanted)
+    workers = [GroupWorker(app, g, by_group[g], consumer, concurrency) for g in chosen]
+    log.info("worker %s running groups %s", consumer, chosen)
+    async with asyncio.TaskGroup() as tg:
+        for w in workers:
+            tg.create_task(w.run())
+        tg.create_task(maintain(app, consumer, stopping))
+        await stopping.wait()
+        for w in workers:
+            w.stopping.set()
