@@ -1,0 +1,113 @@
+"""The `streamproc` command. Reads the environment once (Settings.from_env) and passes settings down."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import msgspec
+
+from .deadletter import DeadLettered, read_deadletters
+from .errors import StreamprocError
+from .logs import configure_logging
+from .supervisor import Supervisor, WorkerSpec, prepared_app, run_child
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("app", metavar="MODULE:ATTR", help="the streamproc App, e.g. handlers.app:app")
+    p.add_argument("--redis-url", help="Redis to use (default: REDIS_URL, then the app's settings)")
+    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-format", choices=("text", "json"), default="text")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamproc", description="Event stream processing on Redis Streams")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    worker = commands.add_parser("worker", help="run worker processes for the app's handler groups")
+    _common(worker)
+    worker.add_argument("--group", action="append", default=[], help="run only this group (repeatable)")
+    worker.add_argument("--processes", type=int, default=None, help="worker processes (default: CPU count)")
+    worker.add_argument("--concurrency", type=int, default=None, help="handlers running at once per group")
+    worker.add_argument("--grace-period", type=float, default=None, help="seconds to finish in-flight work on stop")
+    worker.add_argument("--inline", action="store_true", help="run one worker in this process, no supervisor")
+
+    dlq = commands.add_parser("dlq", help="inspect dead-lettered entries")
+    dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True)
+    dlq_list = dlq_commands.add_parser("list", help="list dead-lettered entries")
+    _common(dlq_list)
+    dlq_list.add_argument("--group", action="append", default=[], help="only this group (repeatable)")
+    dlq_list.add_argument("--limit", type=int, default=1000, help="at most this many per dead-letter stream")
+    dlq_list.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def _spec(args: argparse.Namespace) -> WorkerSpec:
+    overrides: dict[str, object] = {}
+    redis_url = args.redis_url or os.environ.get("REDIS_URL")
+    if redis_url:
+        overrides["redis_url"] = redis_url
+    if getattr(args, "grace_period", None) is not None:
+        overrides["grace_period_s"] = args.grace_period
+    return WorkerSpec(app_path=args.app, groups=tuple(getattr(args, "group", ())), overrides=overrides,
+                      concurrency=getattr(args, "concurrency", None), log_level=args.log_level,
+                      log_format=args.log_format)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    spec = _spec(args)
+    if args.inline:
+        run_child(spec)
+        return 0
+    app = prepared_app(spec)  # fail fast here on a bad import path or unknown group, not in every child
+    unknown = set(spec.groups) - set(app.groups())
+    if unknown:
+        raise StreamprocError(f"no handlers for group(s) {sorted(unknown)}; known: {sorted(app.groups())}")
+    processes = args.processes or app.settings.processes or os.cpu_count() or 1
+    return Supervisor(spec, processes, app.settings.grace_period_s).run()
+
+
+def cmd_dlq_list(args: argparse.Namespace) -> int:
+    app = prepared_app(_spec(args))
+    keys = [keys.deadletter(h.group) for h in app.handlers if not args.group or h.group in args.group
+            for keys in h.route.partitions]
+
+    async def read() -> list[DeadLettered]:
+        try:
+            return await read_deadletters(app.redis, keys, args.limit)
+        finally:
+            await app.aclose()
+
+    entries = asyncio.run(read())
+    if args.json:
+        rows = [{**msgspec.structs.asdict(d), "fields": {k.decode(errors="replace"): v.decode(errors="replace")
+                                                          for k, v in d.fields.items()}} for d in entries]
+        sys.stdout.write(msgspec.json.encode(rows).decode() + "\n")
+    else:
+        _print_table(entries)
+    return 0
+
+
+def _print_table(entries: list[DeadLettered]) -> None:
+    print(f"{'dead at (UTC)':20} {'group':14} {'type':18} {'event id':33} {'att':>3}  reason / last error")
+    for d in entries:
+        when = datetime.fromtimestamp(d.dead_at_ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+        error = f" [{d.error_type}: {d.error_message[:80]}]" if d.error_type else ""
+        print(f"{when:20} {d.group:14} {d.type:18} {d.event_id:33} {d.attempts:>3}  {d.reason}{error}")
+    print(f"{len(entries)} dead-lettered entr{'y' if len(entries) == 1 else 'ies'}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level, args.log_format)
+    try:
+        if args.command == "worker":
+            return cmd_worker(args)
+        return cmd_dlq_list(args)
+    except StreamprocError as exc:
+        print(f"streamproc: error: {exc}", file=sys.stderr)
+        return 2

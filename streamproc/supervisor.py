@@ -1,0 +1,147 @@
+"""The supervisor: runs N worker processes, restarts the ones that die, and stops them all gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import multiprocessing
+import multiprocessing.process
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+
+import uvloop
+
+from .app import App
+from .errors import ConfigError
+from .logs import configure_logging
+from .worker import run_worker
+
+log = logging.getLogger(__name__)
+
+# A child that stayed up this long is healthy again: its restart backoff starts over.
+HEALTHY_AFTER_S = 30.0
+MAX_RESTART_DELAY_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    """Everything a worker process needs, picklable so the spawned child can rebuild its app."""
+
+    app_path: str
+    groups: tuple[str, ...] = ()
+    concurrency: int | None = None
+    overrides: dict[str, object] = field(default_factory=dict)
+    log_level: str = "INFO"
+    log_format: str = "text"
+
+
+def load_app(path: str) -> App:
+    """Import `module:attribute` (as uvicorn and arq do), with the current directory importable."""
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"expected MODULE:ATTRIBUTE, got {path!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    app = getattr(importlib.import_module(module_name), attr, None)
+    if not isinstance(app, App):
+        raise ConfigError(f"{path} is not a streamproc App (got {type(app).__name__})")
+    return app
+
+
+def prepared_app(spec: WorkerSpec) -> App:
+    app = load_app(spec.app_path)
+    if spec.overrides:
+        app.settings = app.settings.replace(**spec.overrides)
+    return app
+
+
+def run_child(spec: WorkerSpec) -> None:
+    """Entry point of one worker process: a uvloop event loop until SIGTERM/SIGINT, then a graceful drain."""
+    configure_logging(spec.log_level, spec.log_format)
+    uvloop.run(_serve(prepared_app(spec), spec))
+
+
+async def _serve(app: App, spec: WorkerSpec) -> None:
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    try:
+        await run_worker(app, stopping, list(spec.groups) or None, spec.concurrency)
+    finally:
+        await app.aclose()
+    log.info("worker %d stopped cleanly", os.getpid())
+
+
+@dataclass(slots=True)
+class _Slot:
+    process: multiprocessing.process.BaseProcess | None = None
+    started_at: float = 0.0
+    failures: int = 0
+    restart_at: float = 0.0
+
+
+class Supervisor:
+    def __init__(self, spec: WorkerSpec, processes: int, grace_period_s: float) -> None:
+        self.spec = spec
+        self.slots = [_Slot() for _ in range(processes)]
+        self.grace_period_s = grace_period_s
+        self.stopping = False
+        self._mp = multiprocessing.get_context("spawn")
+
+    def _start(self, slot: _Slot) -> None:
+        slot.process = self._mp.Process(target=run_child, args=(self.spec,), name="streamproc-worker")
+        slot.process.start()
+        slot.started_at = time.monotonic()
+        log.info("started worker process %s", slot.process.pid)
+
+    def _check(self, slot: _Slot) -> None:
+        """Start a slot's process, or restart it with backoff if it died."""
+        now = time.monotonic()
+        proc = slot.process
+        if proc is not None and proc.is_alive():
+            if now - slot.started_at > HEALTHY_AFTER_S:
+                slot.failures = 0
+            return
+        if proc is not None and slot.restart_at == 0.0:
+            slot.failures += 1
+            delay = min(MAX_RESTART_DELAY_S, 0.25 * 2 ** (slot.failures - 1))
+            slot.restart_at = now + delay
+            log.error("worker process %s exited with %s; restarting in %.2fs", proc.pid, proc.exitcode, delay)
+        if now >= slot.restart_at:
+            slot.restart_at = 0.0
+            self._start(slot)
+
+    def _request_stop(self, signum: int, _frame: object) -> None:
+        log.info("received %s; stopping workers (grace period %.1fs)", signal.Signals(signum).name,
+                 self.grace_period_s)
+        self.stopping = True
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._request_stop)
+        signal.signal(signal.SIGINT, self._request_stop)
+        while not self.stopping:
+            for slot in self.slots:
+                self._check(slot)
+            time.sleep(0.05)
+        self._stop_all()
+        return 0
+
+    def _stop_all(self) -> None:
+        alive = [s.process for s in self.slots if s.process is not None and s.process.is_alive()]
+        for proc in alive:
+            if proc.pid is not None:
+                os.kill(proc.pid, signal.SIGTERM)
+        # Children need the grace period plus time to flush acks and close connections.
+        deadline = time.monotonic() + self.grace_period_s + 5.0
+        for proc in alive:
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                log.error("worker process %s did not stop in time; killing it (its entries stay pending)", proc.pid)
+                proc.kill()
+                proc.join()
+        log.info("all workers stopped")
