@@ -14,6 +14,7 @@ from .codec import EventCodec
 from .context import Context
 from .errors import ConfigError
 from .event import Event
+from .instruments import Instruments
 from .keys import check_namespace
 from .publish import Outgoing, Published, Publisher
 from .settings import Settings
@@ -52,6 +53,7 @@ class App:
         self.settings = settings.replace(redis_url=redis_url) if redis_url else settings
         self.topology = Topology(self.name)
         self.handlers: list[Handler[Any]] = []
+        self.instruments = Instruments()
         self._redis: aioredis.Redis | None = None
         self._publisher: Publisher | None = None
 
@@ -114,7 +116,7 @@ class App:
     @property
     def publisher(self) -> Publisher:
         if self._publisher is None:
-            self._publisher = Publisher(self.redis, self.topology, self.settings)
+            self._publisher = Publisher(self.redis, self.topology, self.settings, self.instruments)
         return self._publisher
 
     async def publish(self, event: Event, *, event_id: str | None = None,
@@ -122,9 +124,10 @@ class App:
         """Append one event. Give `event_id` to make re-publishing it within the dedup window a no-op."""
         return (await self.publisher.publish_many([Outgoing(event, event_id, partition_key)]))[0]
 
-    async def publish_many(self, events: Iterable[Event | Outgoing]) -> list[Published]:
-        """Append many events in one pipelined round trip."""
-        return await self.publisher.publish_many(events)
+    async def publish_many(self, events: Iterable[Event | Outgoing], *, atomic: bool = False) -> list[Published]:
+        """Append many events in one pipelined round trip. With `atomic`, in one MULTI/EXEC: all or none
+        (on a single Redis; on a Cluster, atomicity holds per partition)."""
+        return await self.publisher.publish_many(events, atomic=atomic)
 
     async def aclose(self) -> None:
         if self._redis is not None:

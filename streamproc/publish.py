@@ -10,12 +10,14 @@ from typing import Any, cast
 
 import msgspec
 import redis.asyncio as aioredis
+from opentelemetry.trace import Span, Status, StatusCode
 from redis.exceptions import RedisError
 
-from .codec import encode_event, entry_fields
+from .codec import TRACEPARENT, encode_event, entry_fields
 from .errors import BacklogFull, PublishError
 from .event import Event, new_event_id, partition_of
 from .groups import ensure_groups
+from .instruments import Instruments
 from .keys import PartitionKeys
 from .scripts import PUBLISH_ONCE
 from .settings import Settings
@@ -48,20 +50,23 @@ class _Prepared:
     event_id: str
     fields: dict[bytes, bytes | str | int]
     dedup: bool
+    span: Span | None = None
 
 
 class Publisher:
     """Appends events; one per App. Remembers which streams have their groups and recent backlog checks."""
 
-    def __init__(self, redis: aioredis.Redis, topology: Topology, settings: Settings) -> None:
+    def __init__(self, redis: aioredis.Redis, topology: Topology, settings: Settings,
+                 instruments: Instruments | None = None) -> None:
         self._redis = redis
+        self._instruments = instruments or Instruments()
         self._topology = topology
         self._settings = settings
         self._ready: set[str] = set()
         self._backlog_checked: dict[str, tuple[float, int]] = {}
         self._publish_once = redis.register_script(PUBLISH_ONCE)
 
-    async def publish_many(self, items: Iterable[Event | Outgoing]) -> list[Published]:
+    async def publish_many(self, items: Iterable[Event | Outgoing], atomic: bool = False) -> list[Published]:
         """Append all events in one pipelined round trip (plus one to create groups on first use)."""
         prepared = [self._prepare(item if isinstance(item, Outgoing) else Outgoing(item)) for item in items]
         if not prepared:
@@ -69,19 +74,41 @@ class Publisher:
         try:
             await self._ensure_ready(prepared)
             await self._check_backlog({p.keys.stream for p in prepared})
-            replies = await self._append(prepared)
+            replies = await self._append(prepared, atomic)
         except RedisError as exc:
             self._ready.clear()  # Redis may have restarted empty: create groups again before the next append
-            raise PublishError(f"Redis did not accept the events ({type(exc).__name__}: {exc}); nothing "
-                               "is confirmed appended, publish again with the same event ids") from exc
+            error = PublishError(f"Redis did not accept the events ({type(exc).__name__}: {exc}); nothing "
+                                 "is confirmed appended, publish again with the same event ids")
+            self._observe(prepared, error)
+            raise error from exc
+        except PublishError as exc:
+            self._observe(prepared, exc)
+            raise
+        self._observe(prepared, None)
         return [_published(p, reply) for p, reply in zip(prepared, replies, strict=True)]
+
+    def _observe(self, prepared: list[_Prepared], error: Exception | None) -> None:
+        """End the publish spans and count what was appended."""
+        metrics = self._instruments.metrics
+        for p in prepared:
+            if p.span is not None:
+                if error is not None:
+                    p.span.record_exception(error)
+                    p.span.set_status(Status(StatusCode.ERROR, str(error)))
+                p.span.end()
+            if metrics is not None and error is None:
+                metrics.published.labels(p.route.tag).inc()
 
     def _prepare(self, out: Outgoing) -> _Prepared:
         route = self._topology.route(type(out.event))
         keys = route.partitions[partition_of(out.event, out.partition_key)]
         event_id = out.event_id or new_event_id()
         fields = entry_fields(event_id, route.tag, time.time_ns() // 1_000_000, encode_event(out.event))
-        return _Prepared(keys, route, event_id, fields, dedup=out.event_id is not None)
+        prepared = _Prepared(keys, route, event_id, fields, dedup=out.event_id is not None)
+        tracing = self._instruments.tracing
+        if tracing.enabled:
+            prepared.span, fields[TRACEPARENT] = tracing.start_send(keys.stream, event_id, route.tag)
+        return prepared
 
     async def _ensure_ready(self, prepared: list[_Prepared]) -> None:
         todo = {p.keys.stream: p.route for p in prepared if p.keys.stream not in self._ready}
@@ -89,9 +116,9 @@ class Publisher:
         await ensure_groups(self._redis, wanted)
         self._ready.update(todo)
 
-    async def _append(self, prepared: list[_Prepared]) -> list[object]:
+    async def _append(self, prepared: list[_Prepared], atomic: bool) -> list[object]:
         window = self._settings.dedup_window_ms
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with self._redis.pipeline(transaction=atomic) as pipe:
             for p in prepared:
                 if p.dedup:
                     args = [window, *(x for kv in p.fields.items() for x in kv)]

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+import time
 
-from .codec import read_envelope
+import redis.asyncio as aioredis
+from opentelemetry import trace
+from opentelemetry.trace import Span
+
+from .codec import TRACEPARENT, read_envelope
 from .consume import Delivery
 from .context import Context
 from .errors import DeadLetter, DecodeError, Retry
+from .event import Event
+from .instruments import Instruments
 from .settle import Settler
+from .telemetry import mark_failed
 
 log = logging.getLogger(__name__)
 
@@ -18,45 +25,83 @@ log = logging.getLogger(__name__)
 class HandlerRun:
     """Runs deliveries of one group. Shared by the group's runner tasks; holds no per-event state."""
 
-    def __init__(self, settler: Settler, redis: Any, namespace: str) -> None:
+    def __init__(self, settler: Settler, redis: aioredis.Redis, namespace: str, instruments: Instruments) -> None:
         self.settler = settler
         self.redis = redis
         self.namespace = namespace
+        self.instruments = instruments
 
     async def __call__(self, d: Delivery) -> None:
         handler = d.handler
         if d.attempt > handler.max_deliveries:
             reason = (f"delivered {d.attempt} times without being settled (max_deliveries="
                       f"{handler.max_deliveries}): it kills or hangs its worker")
-            await self.settler.dead_letter(d, reason, None)
+            await self._dead_letter(d, reason, None, None)
             return
         try:
             envelope = read_envelope(d.fields)
             event = handler.codec.decode(envelope)
         except DecodeError as exc:
-            await self.settler.dead_letter(d, f"undecodable: {exc}", exc)
+            await self._dead_letter(d, f"undecodable: {exc}", exc, None)
             return
         ctx = Context(event_id=envelope.event_id, event_type=envelope.type, group=handler.group, attempt=d.attempt,
                       stream=d.keys.stream, stream_id=d.entry_id.decode(), occurred_at_ms=envelope.occurred_at_ms,
                       redis=self.redis, namespace=self.namespace)
+        tracing = self.instruments.tracing
+        span = tracing.start_process(ctx.stream, ctx.group, ctx.event_id, ctx.event_type, ctx.stream_id,
+                                     ctx.attempt, d.fields.get(TRACEPARENT)) if tracing.enabled else None
         try:
-            async with asyncio.timeout(handler.timeout):
-                await handler.fn(event, ctx)
-        except Retry as exc:
-            await self._failed(d, exc, exc.delay)
-        except DeadLetter as exc:
-            await self.settler.dead_letter(d, f"handler gave up: {exc.reason}", exc)
-        except Exception as exc:  # any handler failure is retried, then dead-lettered; it must not stop the worker
-            await self._failed(d, exc, None)
-        else:
-            self.settler.succeeded(d)
+            error = await self._invoke(d, event, ctx, span)
+            await self._settle(d, error, span)
+        finally:
+            if span is not None:
+                span.end()
 
-    async def _failed(self, d: Delivery, error: BaseException, delay: float | None) -> None:
+    async def _invoke(self, d: Delivery, event: Event, ctx: Context, span: Span | None) -> Exception | None:
+        """Run the handler under its timeout (and span); returns its exception, or None on success."""
         handler = d.handler
-        if d.attempt >= handler.max_attempts:
-            await self.settler.dead_letter(d, f"failed {d.attempt} of max_attempts={handler.max_attempts}", error)
-            return
+        metrics = self.instruments.metrics
+        started = time.perf_counter() if metrics is not None else 0.0
+        try:
+            if span is None:
+                async with asyncio.timeout(handler.timeout):
+                    await handler.fn(event, ctx)
+            else:
+                with trace.use_span(span, record_exception=False, set_status_on_exception=False):
+                    async with asyncio.timeout(handler.timeout):
+                        await handler.fn(event, ctx)
+        except Exception as exc:  # any handler failure is retried or dead-lettered; it must not stop the worker
+            error: Exception | None = exc
+        else:
+            error = None
+        if metrics is not None:
+            m = metrics.group(handler.route.tag, handler.group)
+            m.duration.observe(time.perf_counter() - started)
+            (m.processed if error is None else m.failed).inc()
+        return error
+
+    async def _settle(self, d: Delivery, error: Exception | None, span: Span | None) -> None:
+        if error is None:
+            self.settler.succeeded(d)
+        elif isinstance(error, DeadLetter):
+            await self._dead_letter(d, f"handler gave up: {error.reason}", error, span)
+        elif d.attempt >= d.handler.max_attempts:
+            await self._dead_letter(d, f"failed {d.attempt} of max_attempts={d.handler.max_attempts}", error, span)
+        else:
+            await self._retry(d, error, error.delay if isinstance(error, Retry) else None, span)
+
+    async def _retry(self, d: Delivery, error: Exception, delay: float | None, span: Span | None) -> None:
+        handler = d.handler
         wait = handler.backoff.delay(d.attempt) if delay is None else delay
         log.info("%s failed on %s %s (attempt %d, %s: %s); retrying in %.3fs", handler.name, d.keys.stream,
                  d.entry_id.decode(), d.attempt, type(error).__name__, error, wait)
-        await self.settler.schedule_retry(d, wait)
+        if span is not None:
+            mark_failed(span, error, f"retry scheduled in {wait:.3f}s")
+        if await self.settler.schedule_retry(d, wait) and self.instruments.metrics is not None:
+            self.instruments.metrics.group(handler.route.tag, handler.group).retried.inc()
+
+    async def _dead_letter(self, d: Delivery, reason: str, error: BaseException | None, span: Span | None) -> None:
+        if span is not None and error is not None:
+            mark_failed(span, error, "dead-lettered")
+        if await self.settler.dead_letter(d, reason, error) and self.instruments.metrics is not None:
+            self.instruments.metrics.group(d.handler.route.tag, d.handler.group).dead_lettered.inc()

@@ -10,6 +10,14 @@ from dataclasses import dataclass
 from .errors import ConfigError
 
 ENV_PREFIX = "STREAMPROC_"
+# Variables defined by other standards (or platforms) that map onto settings; STREAMPROC_* wins over them.
+_STANDARD_ENV = {
+    "REDIS_URL": "redis_url",
+    "OTEL_TRACES_EXPORTER": "traces_exporter",
+    "OTEL_SERVICE_NAME": "service_name",
+    "FLY_REGION": "region",
+    "FLY_MACHINE_ID": "instance",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +52,14 @@ class Settings:
     processes: int = 0
     # Dead-letter streams keep at most this many entries per (partition, group).
     deadletter_max_length: int = 100_000
+    # Tracing: OTEL_TRACES_EXPORTER (otlp, console, none) and OTEL_SERVICE_NAME; region and instance become
+    # resource attributes (from FLY_REGION and FLY_MACHINE_ID on Fly.io).
+    traces_exporter: str = "none"
+    service_name: str = ""
+    region: str = ""
+    instance: str = ""
+    # Port of the Prometheus /metrics endpoint of `streamproc worker` (0: no endpoint, no metrics cost).
+    metrics_port: int = 0
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -58,8 +74,9 @@ class Settings:
         """Build settings from `STREAMPROC_*` and `REDIS_URL`; explicit overrides (e.g. CLI flags) win."""
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
-        if "REDIS_URL" in env:
-            values["redis_url"] = env["REDIS_URL"]
+        for name, field_name in _STANDARD_ENV.items():
+            if env.get(name):
+                values[field_name] = env[name]
         for field in dataclasses.fields(cls):
             raw = env.get(ENV_PREFIX + field.name.upper())
             if raw is not None:

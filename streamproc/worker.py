@@ -45,7 +45,7 @@ class GroupWorker:
         sources = [Source(h, keys) for h in handlers for keys in h.route.partitions]
         self.reader = Reader(self.redis, group, consumer, sources)
         self.settler = Settler(self.redis, group, consumer, self.settings.deadletter_max_length)
-        self.run_one = HandlerRun(self.settler, self.redis, app.name)
+        self.run_one = HandlerRun(self.settler, self.redis, app.name, app.instruments)
         self.queue: asyncio.Queue[Delivery | None] = asyncio.Queue()
         # Entries this consumer holds (queued or running), for heartbeats and capacity.
         self.held: dict[tuple[str, bytes], Delivery] = {}

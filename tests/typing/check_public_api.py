@@ -1,0 +1,37 @@
+"""Public-API usage that `mypy --strict` checks: if a signature regresses, the type check fails."""
+
+from __future__ import annotations
+
+from streamproc import App, Backoff, Context, DeadLetter, Event, Outgoing, Published, Retry, Settings
+
+
+class CardAddedToLibrary(Event, tag="card.added"):
+    card_id: str
+    curator_id: str
+    url: str | None = None
+
+
+app = App("social", settings=Settings(redis_url="redis://localhost:6379/0"))
+
+
+@app.handler(CardAddedToLibrary, group="notifications", concurrency=50, max_attempts=5,
+             backoff=Backoff(base=0.5, cap=60), timeout=10.0, start="all")
+async def notify(event: CardAddedToLibrary, ctx: Context) -> None:
+    curator: str = event.curator_id
+    attempt: int = ctx.attempt
+    if not curator:
+        raise DeadLetter("no curator")
+    if attempt < 2:
+        raise Retry(delay=1.0)
+    if await ctx.once(f"notify:{curator}"):
+        ctx.log.info("notified followers of %s", curator)
+
+
+async def produce() -> None:
+    async with app:
+        one: Published = await app.publish(CardAddedToLibrary(card_id="c1", curator_id="u1"))
+        many: list[Published] = await app.publish_many(
+            [CardAddedToLibrary(card_id="c2", curator_id="u1"), Outgoing(CardAddedToLibrary(card_id="c3",
+                                                                                           curator_id="u2"),
+                                                                        event_id="client-id-1")])
+        assert one.event_id and len(many) == 2
