@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, TypeVar
@@ -22,6 +23,9 @@ from .topology import StartAt, Topology, TypeRoute
 
 E = TypeVar("E", bound=Event)
 HandlerFn = Callable[[E, Context], Awaitable[None]]
+# A service `streamproc dev` runs beside the app (e.g. a fake notification endpoint); it yields environment
+# variables for the worker processes (e.g. the endpoint's URL).
+DevService = Callable[[], AbstractAsyncContextManager[Mapping[str, str]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +58,7 @@ class App:
         self.topology = Topology(self.name)
         self.handlers: list[Handler[Any]] = []
         self.instruments = Instruments()
+        self.dev_services: list[DevService] = []
         self._redis: aioredis.Redis | None = None
         self._publisher: Publisher | None = None
 

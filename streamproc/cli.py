@@ -5,16 +5,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 import msgspec
+import uvloop
 
+from .auth import token_digest
 from .deadletter import DeadLettered, read_deadletters
+from .dev import cmd_dev
 from .errors import StreamprocError
+from .ingest import serve_ingest
 from .logs import configure_logging
-from .supervisor import Supervisor, WorkerSpec, prepared_app, run_child
+from .supervisor import Supervisor, WorkerSpec, instrument, prepared_app, run_child
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -36,6 +41,23 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--grace-period", type=float, default=None, help="seconds to finish in-flight work on stop")
     worker.add_argument("--inline", action="store_true", help="run one worker in this process, no supervisor")
 
+    worker.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
+
+    ingest = commands.add_parser("ingest", help="serve the HTTP ingest endpoint")
+    _common(ingest)
+    ingest.add_argument("--host", default="0.0.0.0")
+    ingest.add_argument("--port", type=int, default=8080)
+    ingest.add_argument("--no-auth", action="store_true", help="turn authentication off (local development only)")
+
+    dev = commands.add_parser("dev", help="local Redis + ingest + workers (+ the app's dev services) in one command")
+    _common(dev)
+    dev.add_argument("--port", type=int, default=8080, help="ingest port")
+    dev.add_argument("--processes", type=int, default=1)
+    dev.add_argument("--metrics-port", type=int, default=9100)
+
+    token = commands.add_parser("token-hash", help="print the SHA-256 digest of an ingest token for the settings")
+    token.add_argument("token")
+
     dlq = commands.add_parser("dlq", help="inspect dead-lettered entries")
     dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True)
     dlq_list = dlq_commands.add_parser("list", help="list dead-lettered entries")
@@ -53,6 +75,10 @@ def _spec(args: argparse.Namespace) -> WorkerSpec:
         overrides["redis_url"] = redis_url
     if getattr(args, "grace_period", None) is not None:
         overrides["grace_period_s"] = args.grace_period
+    if getattr(args, "metrics_port", None) is not None:
+        overrides["metrics_port"] = args.metrics_port
+    if getattr(args, "no_auth", False):
+        overrides["ingest_auth_disabled"] = True
     return WorkerSpec(app_path=args.app, groups=tuple(getattr(args, "group", ())), overrides=overrides,
                       concurrency=getattr(args, "concurrency", None), log_level=args.log_level,
                       log_format=args.log_format)
@@ -61,14 +87,35 @@ def _spec(args: argparse.Namespace) -> WorkerSpec:
 def cmd_worker(args: argparse.Namespace) -> int:
     spec = _spec(args)
     if args.inline:
-        run_child(spec)
+        run_child(spec, serve_metrics=True)
         return 0
     app = prepared_app(spec)  # fail fast here on a bad import path or unknown group, not in every child
     unknown = set(spec.groups) - set(app.groups())
     if unknown:
         raise StreamprocError(f"no handlers for group(s) {sorted(unknown)}; known: {sorted(app.groups())}")
     processes = args.processes or app.settings.processes or os.cpu_count() or 1
-    return Supervisor(spec, processes, app.settings.grace_period_s).run()
+    supervisor = Supervisor(spec, processes, app.settings.grace_period_s)
+    if app.settings.metrics_port:
+        supervisor.serve_metrics(app)
+    return supervisor.run()
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    app = prepared_app(_spec(args))
+    instrument(app, "ingest")
+    try:
+        uvloop.run(_until_signalled(lambda stop: serve_ingest(app, args.host, args.port, stop)))
+    finally:
+        app.instruments.tracing.shutdown()
+    return 0
+
+
+async def _until_signalled(serve: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    await serve(stopping)
 
 
 def cmd_dlq_list(args: argparse.Namespace) -> int:
@@ -103,11 +150,14 @@ def _print_table(entries: list[DeadLettered]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "token-hash":
+        print(token_digest(args.token))
+        return 0
     configure_logging(args.log_level, args.log_format)
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {
+        "worker": cmd_worker, "ingest": cmd_ingest, "dev": cmd_dev, "dlq": cmd_dlq_list}
     try:
-        if args.command == "worker":
-            return cmd_worker(args)
-        return cmd_dlq_list(args)
+        return commands[args.command](args)
     except StreamprocError as exc:
         print(f"streamproc: error: {exc}", file=sys.stderr)
         return 2

@@ -30,6 +30,7 @@ from .logs import configure_logging
 
 TICK_S = 0.05
 WORKER_STOP_TIMEOUT_S = 60.0
+GRAPH_TIMEOUT_S = 60.0
 SITES = ("https://arxiv.org/abs/", "https://github.com/", "https://en.wikipedia.org/wiki/", "https://lwn.net/",
          "https://www.nature.com/articles/", "https://blog.example.org/")
 TOPICS = ("streams", "consensus", "caching", "rust", "postgres", "typography", "gardening", "jazz", "maps")
@@ -99,16 +100,16 @@ def streams_by_group(app: App) -> dict[str, list[PartitionKeys]]:
 
 async def read_progress(app: App) -> dict[str, GroupProgress]:
     """Per group, summed over its streams: XINFO GROUPS (entries-read, pending, lag), retry sets, dead letters."""
-    by_group = streams_by_group(app)
+    by_group = sorted(streams_by_group(app).items())
     async with app.redis.pipeline(transaction=False) as pipe:
-        for group, partitions in by_group.items():
+        for group, partitions in by_group:
             for keys in partitions:
                 pipe.xinfo_groups(keys.stream)
                 pipe.zcard(keys.retry(group))
                 pipe.xlen(keys.deadletter(group))
         replies = iter(await pipe.execute(raise_on_error=False))
     out: dict[str, GroupProgress] = {}
-    for group, partitions in sorted(by_group.items()):
+    for group, partitions in by_group:
         progress = out[group] = GroupProgress()
         for _ in partitions:
             infos, retrying, dead = next(replies), next(replies), next(replies)
@@ -142,6 +143,7 @@ class Demo:
         self.published = 0
         self.started = time.monotonic()
         self.failed = False
+        self.last_report: dict[str, GroupProgress] = {}
         self.worker: asyncio.subprocess.Process | None = None
 
     async def run(self) -> int:
@@ -176,11 +178,14 @@ class Demo:
                 tg.create_task(self._stop_after(self.args.seconds))
 
     async def _wait_for_graph(self, follows: int) -> bool:
-        while not self.stop.is_set():
-            if self._worker_died():
-                return False
+        deadline = time.monotonic() + GRAPH_TIMEOUT_S
+        while not self.stop.is_set() and not self._worker_died():
             if (await read_progress(self.app))["social-graph"].processed >= follows:
                 return True
+            if time.monotonic() > deadline:
+                print(f"the worker did not process the graph within {GRAPH_TIMEOUT_S:.0f}s; stopping", flush=True)
+                self.failed = True
+                return False
             await self._sleep(0.1)
         return False
 
@@ -244,11 +249,15 @@ class Demo:
             self.failed = True
 
     def _report(self, progress: dict[str, GroupProgress], final: bool = False) -> str:
+        """A block of lines: what was published, then one line per group (with its rate since the last report)."""
         elapsed = time.monotonic() - self.started
         lines = [f"{'final' if final else f'{elapsed:5.0f}s'}  published={self.published}"]
         for group, p in progress.items():
-            lines.append(f"    {group:14} processed={p.processed} pending={p.pending} retrying={p.retrying} "
+            before = self.last_report.get(group, GroupProgress())
+            rate = "" if final else f" (+{p.processed - before.processed}/s)"
+            lines.append(f"    {group:14} processed={p.processed}{rate} pending={p.pending} retrying={p.retrying} "
                          f"dead-lettered={p.dead} unread={p.unread}")
+        self.last_report = progress
         return "\n".join(lines)
 
 

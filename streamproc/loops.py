@@ -23,7 +23,10 @@ async def sleep_unless(event: asyncio.Event, seconds: float) -> bool:
 
 
 def is_nogroup(exc: BaseException) -> bool:
-    return isinstance(exc, rx.ResponseError) and "NOGROUP" in str(exc)
+    # A blocked XREADGROUP whose stream was deleted (FLUSHALL, DEL) fails with "UNBLOCKED the stream key no longer
+    # exists", not NOGROUP; the group went with the stream, so it is recovered the same way.
+    text = str(exc)
+    return isinstance(exc, rx.ResponseError) and ("NOGROUP" in text or "stream key no longer exists" in text)
 
 
 async def repeat(

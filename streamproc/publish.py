@@ -44,7 +44,9 @@ class Outgoing(msgspec.Struct, frozen=True):
 
 
 @dataclass(slots=True)
-class _Prepared:
+class Prepared:
+    """An event encoded and routed, ready to append."""
+
     keys: PartitionKeys
     route: TypeRoute
     event_id: str
@@ -68,13 +70,20 @@ class Publisher:
 
     async def publish_many(self, items: Iterable[Event | Outgoing], atomic: bool = False) -> list[Published]:
         """Append all events in one pipelined round trip (plus one to create groups on first use)."""
-        prepared = [self._prepare(item if isinstance(item, Outgoing) else Outgoing(item)) for item in items]
+        return await self.send(self.prepare(items), atomic)
+
+    def prepare(self, items: Iterable[Event | Outgoing]) -> list[Prepared]:
+        """Encode and route events, and start their publish spans in the caller's trace context."""
+        return [self._prepare(item if isinstance(item, Outgoing) else Outgoing(item)) for item in items]
+
+    async def send(self, prepared: list[Prepared], atomic: bool = False) -> list[Published]:
+        """Append prepared events. With `atomic`, in one MULTI/EXEC, so that either all or none are appended."""
         if not prepared:
             return []
         try:
             await self._ensure_ready(prepared)
-            await self._check_backlog({p.keys.stream for p in prepared})
-            replies = await self._append(prepared, atomic)
+            await self.check_backlog({p.keys.stream for p in prepared})
+            replies = await self._append_all(prepared, atomic)
         except RedisError as exc:
             self._ready.clear()  # Redis may have restarted empty: create groups again before the next append
             error = PublishError(f"Redis did not accept the events ({type(exc).__name__}: {exc}); nothing "
@@ -87,7 +96,11 @@ class Publisher:
         self._observe(prepared, None)
         return [_published(p, reply) for p, reply in zip(prepared, replies, strict=True)]
 
-    def _observe(self, prepared: list[_Prepared], error: Exception | None) -> None:
+    def abandon(self, prepared: list[Prepared], error: Exception) -> None:
+        """Close the spans of prepared events that will not be sent."""
+        self._observe(prepared, error)
+
+    def _observe(self, prepared: list[Prepared], error: Exception | None) -> None:
         """End the publish spans and count what was appended."""
         metrics = self._instruments.metrics
         for p in prepared:
@@ -99,36 +112,54 @@ class Publisher:
             if metrics is not None and error is None:
                 metrics.published.labels(p.route.tag).inc()
 
-    def _prepare(self, out: Outgoing) -> _Prepared:
+    def _prepare(self, out: Outgoing) -> Prepared:
         route = self._topology.route(type(out.event))
         keys = route.partitions[partition_of(out.event, out.partition_key)]
         event_id = out.event_id or new_event_id()
         fields = entry_fields(event_id, route.tag, time.time_ns() // 1_000_000, encode_event(out.event))
-        prepared = _Prepared(keys, route, event_id, fields, dedup=out.event_id is not None)
+        prepared = Prepared(keys, route, event_id, fields, dedup=out.event_id is not None)
         tracing = self._instruments.tracing
         if tracing.enabled:
             prepared.span, fields[TRACEPARENT] = tracing.start_send(keys.stream, event_id, route.tag)
         return prepared
 
-    async def _ensure_ready(self, prepared: list[_Prepared]) -> None:
+    async def _ensure_ready(self, prepared: list[Prepared]) -> None:
         todo = {p.keys.stream: p.route for p in prepared if p.keys.stream not in self._ready}
         wanted = [(stream, g, start) for stream, route in todo.items() for g, start in route.groups.items()]
         await ensure_groups(self._redis, wanted)
         self._ready.update(todo)
 
-    async def _append(self, prepared: list[_Prepared], atomic: bool) -> list[object]:
+    async def _append_all(self, prepared: list[Prepared], atomic: bool) -> list[object]:
+        """Append. Entries whose stream vanished after its groups were made (Redis lost its data while this publisher
+        kept `_ready`) are not appended (NOMKSTREAM, reply nil): make the groups again, then append those. A plain
+        XADD would recreate the stream without groups, and a group made later at '$' (start="new") would miss them."""
+        replies = await self._append(prepared, atomic)
+        missing = [i for i, reply in enumerate(replies) if reply is None]
+        if missing:
+            again = [prepared[i] for i in missing]
+            self._ready.difference_update(p.keys.stream for p in again)
+            await self._ensure_ready(again)
+            for i, reply in zip(missing, await self._append(again, atomic), strict=True):
+                if reply is None:
+                    raise PublishError(f"{prepared[i].keys.stream} vanished again while publishing; publish again")
+                replies[i] = reply
+        return replies
+
+    async def _append(self, prepared: list[Prepared], atomic: bool) -> list[object]:
         window = self._settings.dedup_window_ms
         async with self._redis.pipeline(transaction=atomic) as pipe:
             for p in prepared:
+                nomkstream = bool(p.route.groups)  # a stream with groups is made by ensure_groups: see _append_all
                 if p.dedup:
-                    args = [window, *(x for kv in p.fields.items() for x in kv)]
+                    args = [window, int(nomkstream), *(x for kv in p.fields.items() for x in kv)]
                     await self._publish_once(keys=[p.keys.stream, p.keys.dedup(p.event_id)], args=args, client=pipe)
                 else:
-                    pipe.xadd(p.keys.stream, p.fields)  # type: ignore[arg-type]
+                    pipe.xadd(p.keys.stream, p.fields, nomkstream=nomkstream)  # type: ignore[arg-type]
             replies: list[object] = await pipe.execute(raise_on_error=True)
         return replies
 
-    async def _check_backlog(self, streams: set[str]) -> None:
+    async def check_backlog(self, streams: set[str]) -> None:
+        """Raise BacklogFull if any of the streams is over its backlog limit (checks are cached briefly)."""
         limit = self._settings.max_backlog
         if not limit:
             return
@@ -140,9 +171,15 @@ class Publisher:
                 for stream in stale:
                     pipe.xinfo_groups(stream)
                     pipe.xlen(stream)
-                replies = await pipe.execute()
+                replies = await pipe.execute(raise_on_error=False)
             for i, stream in enumerate(stale):
-                self._backlog_checked[stream] = (now, _backlog(replies[2 * i], replies[2 * i + 1]))
+                groups = replies[2 * i]
+                # A stream that vanished (Redis lost its data) has no backlog; _append_all recreates it with its
+                # groups. Only that error is ignored ("no such key"); connection errors raise from execute().
+                if isinstance(groups, Exception) and "no such key" not in str(groups):
+                    raise groups
+                backlog = 0 if isinstance(groups, Exception) else _backlog(groups, replies[2 * i + 1])
+                self._backlog_checked[stream] = (now, backlog)
         for stream in streams:
             backlog = self._backlog_checked[stream][1]
             if backlog >= limit:
@@ -160,7 +197,7 @@ def _backlog(groups: list[dict[str, object]], length: int) -> int:
     return worst
 
 
-def _published(p: _Prepared, reply: object) -> Published:
+def _published(p: Prepared, reply: object) -> Published:
     if p.dedup:
         appended, stream_id = cast(list[Any], reply)  # the script returns {appended, id}
         return Published(p.event_id, p.keys.stream, _text(stream_id), bool(appended))

@@ -60,11 +60,22 @@ class Settings:
     instance: str = ""
     # Port of the Prometheus /metrics endpoint of `streamproc worker` (0: no endpoint, no metrics cost).
     metrics_port: int = 0
+    # Ingest: request bodies over this size get 413 before they are read whole.
+    ingest_max_body_bytes: int = 1_048_576
+    # Events one request may carry, and events one coalesced append may carry.
+    ingest_max_batch: int = 1_000
+    ingest_coalesce_max: int = 2_000
+    # Comma-separated SHA-256 hex digests of the accepted bearer tokens (never the tokens themselves).
+    ingest_token_hashes: str = ""
+    # Turns authentication off. For local development only; the server warns loudly at start.
+    ingest_auth_disabled: bool = False
+    # Retry-After seconds sent with 429 (backlog full) and 503 (Redis unavailable).
+    ingest_retry_after_s: int = 1
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if isinstance(value, int | float) and value < 0:
+            if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
                 raise ConfigError(f"setting {field.name} must not be negative, got {value}")
         if self.lease_ms < 10 or self.block_ms < 1 or self.batch_size < 1:
             raise ConfigError("lease_ms >= 10, block_ms >= 1 and batch_size >= 1 are required")
@@ -89,6 +100,12 @@ class Settings:
 
 
 def _parse(name: str, kind: object, raw: str) -> object:
+    if kind in ("bool", bool):
+        if raw.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.strip().lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a boolean")
     try:
         if kind in ("int", int):
             return int(raw)

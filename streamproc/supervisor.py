@@ -8,16 +8,22 @@ import logging
 import multiprocessing
 import multiprocessing.process
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 
 import uvloop
+from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+from prometheus_client import multiprocess as prometheus_multiprocess
 
 from .app import App
 from .errors import ConfigError
 from .logs import configure_logging
+from .metrics import Metrics, StreamStateCollector
+from .telemetry import tracing_from_settings
 from .worker import run_worker
 
 log = logging.getLogger(__name__)
@@ -59,10 +65,27 @@ def prepared_app(spec: WorkerSpec) -> App:
     return app
 
 
-def run_child(spec: WorkerSpec) -> None:
-    """Entry point of one worker process: a uvloop event loop until SIGTERM/SIGINT, then a graceful drain."""
+def run_child(spec: WorkerSpec, serve_metrics: bool = False) -> None:
+    """Entry point of one worker process: a uvloop event loop until SIGTERM/SIGINT, then a graceful drain.
+    `serve_metrics`: this process serves /metrics itself (an --inline worker); children of a supervisor only
+    record metrics (multiprocess files) and the supervisor serves them."""
     configure_logging(spec.log_level, spec.log_format)
-    uvloop.run(_serve(prepared_app(spec), spec))
+    app = prepared_app(spec)
+    instrument(app, "worker", serve_metrics)
+    try:
+        uvloop.run(_serve(app, spec))
+    finally:
+        app.instruments.tracing.shutdown()
+
+
+def instrument(app: App, role: str, serve_metrics: bool = False) -> None:
+    """Turn on what the settings ask for: tracing (OTEL_TRACES_EXPORTER) and metrics (a metrics port)."""
+    app.instruments.tracing = tracing_from_settings(app.settings, f"{app.name}-{role}")
+    if app.settings.metrics_port and app.instruments.metrics is None:
+        app.instruments.metrics = Metrics()
+        if serve_metrics:
+            REGISTRY.register(StreamStateCollector(app.topology, app.settings.redis_url))
+            start_http_server(app.settings.metrics_port, registry=REGISTRY)
 
 
 async def _serve(app: App, spec: WorkerSpec) -> None:
@@ -92,6 +115,18 @@ class Supervisor:
         self.grace_period_s = grace_period_s
         self.stopping = False
         self._mp = multiprocessing.get_context("spawn")
+        self._metrics_dir: str | None = None
+
+    def serve_metrics(self, app: App) -> None:
+        """One /metrics for all children: they write prometheus multiprocess files to a private directory
+        (PROMETHEUS_MULTIPROC_DIR, inherited by spawned children), which this process sums at scrape time."""
+        self._metrics_dir = tempfile.mkdtemp(prefix="streamproc-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = self._metrics_dir
+        registry = CollectorRegistry()
+        prometheus_multiprocess.MultiProcessCollector(registry, path=self._metrics_dir)  # type: ignore[no-untyped-call]
+        registry.register(StreamStateCollector(app.topology, app.settings.redis_url))
+        start_http_server(app.settings.metrics_port, registry=registry)
+        log.info("metrics on http://0.0.0.0:%d/metrics", app.settings.metrics_port)
 
     def _start(self, slot: _Slot) -> None:
         slot.process = self._mp.Process(target=run_child, args=(self.spec,), name="streamproc-worker")
@@ -112,6 +147,8 @@ class Supervisor:
             delay = min(MAX_RESTART_DELAY_S, 0.25 * 2 ** (slot.failures - 1))
             slot.restart_at = now + delay
             log.error("worker process %s exited with %s; restarting in %.2fs", proc.pid, proc.exitcode, delay)
+            if self._metrics_dir is not None and proc.pid is not None:
+                prometheus_multiprocess.mark_process_dead(proc.pid, self._metrics_dir)  # type: ignore[no-untyped-call]
         if now >= slot.restart_at:
             slot.restart_at = 0.0
             self._start(slot)
@@ -145,3 +182,5 @@ class Supervisor:
                 proc.kill()
                 proc.join()
         log.info("all workers stopped")
+        if self._metrics_dir is not None:
+            shutil.rmtree(self._metrics_dir, ignore_errors=True)
