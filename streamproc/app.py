@@ -115,7 +115,10 @@ class App:
     def redis(self) -> aioredis.Redis:
         """The app's Redis client, created on first use (bytes in, bytes out)."""
         if self._redis is None:
-            self._redis = aioredis.Redis.from_url(self.settings.redis_url, health_check_interval=30)
+            pool = aioredis.BlockingConnectionPool.from_url(
+                self.settings.redis_url, max_connections=self.settings.redis_max_connections, timeout=30,
+                health_check_interval=30)
+            self._redis = aioredis.Redis(connection_pool=pool)
         return self._redis
 
     @property

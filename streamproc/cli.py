@@ -19,6 +19,7 @@ from .dev import cmd_dev
 from .errors import StreamprocError
 from .ingest import serve_ingest
 from .logs import configure_logging
+from .settings import Settings
 from .supervisor import Supervisor, WorkerSpec, instrument, prepared_app, run_child
 
 
@@ -70,9 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _spec(args: argparse.Namespace) -> WorkerSpec:
     overrides: dict[str, object] = {}
-    redis_url = args.redis_url or os.environ.get("REDIS_URL")
-    if redis_url:
-        overrides["redis_url"] = redis_url
+    # --redis-url, else REDIS_URL / STREAMPROC_REDIS_URL (Settings.from_env's precedence), else the app's own.
+    if args.redis_url:
+        overrides["redis_url"] = args.redis_url
+    elif "REDIS_URL" in os.environ or "STREAMPROC_REDIS_URL" in os.environ:
+        overrides["redis_url"] = Settings.from_env().redis_url
     if getattr(args, "grace_period", None) is not None:
         overrides["grace_period_s"] = args.grace_period
     if getattr(args, "metrics_port", None) is not None:
@@ -143,7 +146,7 @@ def _print_table(entries: list[DeadLettered]) -> None:
     print(f"{'dead at (UTC)':20} {'group':14} {'type':18} {'event id':33} {'att':>3}  reason / last error")
     for d in entries:
         when = datetime.fromtimestamp(d.dead_at_ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
-        error = f" [{d.error_type}: {d.error_message[:80]}]" if d.error_type else ""
+        error = f" [{d.error_type}: {d.error_message[:80]}]" if d.error_type not in ("", "DeadLetter") else ""
         print(f"{when:20} {d.group:14} {d.type:18} {d.event_id:33} {d.attempts:>3}  {d.reason}{error}")
     print(f"{len(entries)} dead-lettered entr{'y' if len(entries) == 1 else 'ies'}")
 

@@ -12,6 +12,9 @@ import asyncio
 import contextlib
 from dataclasses import dataclass, field
 
+from redis.exceptions import RedisError
+
+from .errors import PublishError
 from .publish import Prepared, Published, Publisher
 
 
@@ -75,8 +78,12 @@ class Coalescer:
             try:
                 await self.publisher.check_backlog({p.keys.stream for p in r.prepared})
             except Exception as exc:
-                self.publisher.abandon(r.prepared, exc)
-                _fail(r, exc)
+                # Redis away during the check: a PublishError (503 at ingest) like a failed append, not a raw
+                # redis ConnectionError (which ingest answered with a 500).
+                error = PublishError(f"Redis did not answer the backlog check ({type(exc).__name__}: {exc}); "
+                                     "nothing was appended") if isinstance(exc, RedisError) else exc
+                self.publisher.abandon(r.prepared, error)
+                _fail(r, error)
             else:
                 accepted.append(r)
         return accepted

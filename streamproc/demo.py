@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import random
 import signal
 import sys
@@ -42,22 +43,27 @@ def worker_command(redis_url: str, processes: int) -> list[str]:
 
 
 class Traffic:
-    """Plausible social traffic: a few popular users, many quiet ones; mostly cards, some links, new follows."""
+    """Plausible social traffic: a few users with many followers, many with few; everyone posts at about the same
+    rate (so one card reaches a dozen followers on average, some cards a hundred or more). Mostly cards, some
+    links, new follows and collections."""
 
     def __init__(self, users: int, seed: int = 7) -> None:
         self.rng = random.Random(seed)
         self.users = [f"u{i:04d}" for i in range(users)]
-        self.weights = [1.0 / (rank + 1) for rank in range(users)]  # Zipf-like popularity and activity
+        self.popularity = [1.0 / (rank + 1) for rank in range(users)]  # Zipf-like
         self.cards = 0
 
     def _user(self) -> str:
-        return self.rng.choices(self.users, self.weights)[0]
+        return self.rng.choice(self.users)
+
+    def _popular_user(self) -> str:
+        return self.rng.choices(self.users, self.popularity)[0]
 
     def graph(self, follows_each: int) -> list[Event]:
         """Each user follows about `follows_each` others, popular ones more often."""
         out: list[Event] = []
         for follower in self.users:
-            followees = {self._user() for _ in range(follows_each)} - {follower}
+            followees = {self._popular_user() for _ in range(follows_each)} - {follower}
             out.extend(UserFollowed(follower_id=follower, followee_id=f) for f in sorted(followees))
         return out
 
@@ -76,8 +82,9 @@ class Traffic:
             url = "javascript:alert(1)" if self.rng.random() < 0.005 else self._url()
             return UrlShared(url=url, sharer_id=self._user())
         if roll < 0.97:
-            follower, followee = self.rng.sample(self.users, 2)
-            return UserFollowed(follower_id=follower, followee_id=followee)
+            follower, followee = self._user(), self._popular_user()
+            if follower != followee:
+                return UserFollowed(follower_id=follower, followee_id=followee)
         return CollectionCreated(collection_id=f"col{self.rng.randrange(10**6)}", owner_id=self._user(),
                                  name=f"Best of {self.rng.choice(TOPICS)}")
 
@@ -268,7 +275,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--users", type=int, default=200, help="users in the sample graph (default 200)")
     parser.add_argument("--follows", type=int, default=15, help="follows per user in the graph (default 15)")
     parser.add_argument("--processes", type=int, default=2, help="worker processes (default 2)")
-    parser.add_argument("--redis-server", default=None, help="redis-server binary (default: from PATH)")
+    # The demo is an entry point: like the CLI, it may read the environment (REDIS_SERVER, as bootstrap.sh does).
+    parser.add_argument("--redis-server", default=os.environ.get("REDIS_SERVER") or None,
+                        help="redis-server binary (default: $REDIS_SERVER, then PATH)")
     return parser.parse_args(argv)
 
 

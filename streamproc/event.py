@@ -5,13 +5,14 @@ from __future__ import annotations
 import random
 import time
 import zlib
-from typing import Any, ClassVar
+from typing import Any, ClassVar, dataclass_transform
 
 import msgspec
 
 from .errors import ConfigError
 
 
+@dataclass_transform(frozen_default=True, kw_only_default=True, field_specifiers=(msgspec.field,))
 class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     """A domain event: subclass with `class CardAdded(Event, tag="card.added"): ...`.
 

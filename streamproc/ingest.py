@@ -51,10 +51,13 @@ class Ingest:
             if not self.auth.digests:
                 raise ConfigError("ingest needs bearer tokens: set STREAMPROC_INGEST_TOKEN_HASHES to SHA-256 digests "
                                   "(see `streamproc token-hash`), or turn auth off for local development only")
-        self.registry = CollectorRegistry()
         if app.instruments.metrics is None:
-            app.instruments.metrics = Metrics(self.registry)
-        self.registry.register(StreamStateCollector(app.topology, settings.redis_url))
+            app.instruments.metrics = Metrics(CollectorRegistry())
+        state = CollectorRegistry()
+        state.register(StreamStateCollector(app.topology, settings.redis_url))
+        # Serve the registry the app's counters live in: when instrument() made them first (a metrics port in the
+        # settings), that is the default registry, and serving only a private one lost every ingest request count.
+        self.registries = [app.instruments.metrics.registry, state]
         self.coalescer = Coalescer(app.publisher, settings.ingest_coalesce_max)
         self.openapi = orjson.dumps(openapi_document(app.topology, app.name))
         self.ready = False
@@ -68,7 +71,9 @@ class Ingest:
         wa.router.add_get("/metrics", self.metrics)
         wa.router.add_get("/openapi.json", self.openapi_json)
         wa.on_startup.append(self._start)
-        wa.on_shutdown.append(self._drain)
+        # on_cleanup, not on_shutdown: aiohttp runs on_shutdown *before* it waits for in-flight handlers, so
+        # closing the coalescer there cancelled an append in progress and those requests never got their 202.
+        wa.on_cleanup.append(self._drain)
         return wa
 
     async def _start(self, _: web.Application) -> None:
@@ -166,7 +171,10 @@ class Ingest:
         return web.json_response({"status": "ready", "types": sorted(self.app.topology.by_tag)})
 
     async def metrics(self, _: web.Request) -> web.Response:
-        body = await asyncio.to_thread(generate_latest, self.registry)  # the state collector does blocking I/O
+        def render() -> bytes:
+            return b"".join(generate_latest(registry) for registry in self.registries)
+
+        body = await asyncio.to_thread(render)  # the state collector does blocking I/O
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def openapi_json(self, _: web.Request) -> web.Response:

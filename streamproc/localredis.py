@@ -69,6 +69,11 @@ class LocalRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     @property
+    def directory(self) -> Path | None:
+        """The server's temp dir (its log is `redis.log` there), while it exists."""
+        return self._dir
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 

@@ -32,6 +32,7 @@ class GroupMetrics:
 class Metrics:
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         r, tg = registry, ["type", "group"]
+        self.registry = registry  # where these metrics are exposed from (the ingest serves it)
         self.published = Counter("streamproc_events_published", "Events appended to streams", ["type"], registry=r)
         self.processed = Counter("streamproc_events_processed", "Handler runs that succeeded", tg, registry=r)
         self.failed = Counter("streamproc_events_failed", "Handler runs that failed", tg, registry=r)

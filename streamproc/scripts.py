@@ -141,7 +141,6 @@ for _, g in ipairs(groups) do
   for i = 1, #g, 2 do if g[i] == 'name' then name = g[i + 1] end end
   for _, id in ipairs(redis.call('ZRANGE', ARGV[4] .. name, 0, -1)) do need(parse(id)) end
 end
-if safe == nil then return {0, ''} end
 local policy = parse(ARGV[1])
 local maxlen = tonumber(ARGV[2])
 local len = redis.call('XLEN', KEYS[1])
@@ -152,8 +151,9 @@ if maxlen > 0 and len > maxlen then
   local bound = {last[1], last[2] + 1}
   if less(policy, bound) then policy = bound end
 end
-local target = safe
-if less(policy, safe) then target = policy end
+-- A stream no group reads (safe == nil) is trimmed by the policy alone.
+local target = policy
+if safe ~= nil and less(safe, policy) then target = safe end
 return {redis.call('XTRIM', KEYS[1], 'MINID', '=', fmt(target)), fmt(target)}
 """
 

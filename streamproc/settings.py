@@ -48,6 +48,9 @@ class Settings:
     trim_interval_ms: int = 10_000
     # Consumers idle this long with nothing pending are removed from their group.
     consumer_gc_idle_ms: int = 600_000
+    # Connections one process may open to Redis. Callers wait for a free one rather than fail (blocking pool);
+    # each group's blocking read holds one, and handlers that use ctx.redis share the rest.
+    redis_max_connections: int = 512
     # Worker processes the supervisor runs; 0 means one per CPU.
     processes: int = 0
     # Dead-letter streams keep at most this many entries per (partition, group).

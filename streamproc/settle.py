@@ -50,6 +50,9 @@ class Settler:
             self._acks.setdefault(d.keys.stream, []).append(d.entry_id)
         self._wakeup.set()
 
+    def wake(self) -> None:
+        self._wakeup.set()
+
     @property
     def unflushed(self) -> int:
         return sum(map(len, self._acks.values())) + sum(map(len, self._retries_done.values()))
@@ -78,11 +81,14 @@ class Settler:
             await pipe.execute()
 
     async def run_flusher(self, closed: asyncio.Event) -> None:
-        """Flush whenever acks are queued; acks that pile up during one round trip go out together in the next."""
+        """Flush whenever acks are queued; acks that pile up during one round trip go out together in the next.
+        Stops (between flushes, never in the middle of one) once `closed` is set and `wake()` is called."""
         failures = 0
-        while not closed.is_set():
+        while True:
             await self._wakeup.wait()
             self._wakeup.clear()
+            if closed.is_set():
+                return
             try:
                 await self.flush()
                 failures = 0

@@ -99,7 +99,9 @@ def tracing_from_settings(settings: Settings, service: str, exporter: SpanExport
         return Tracing()
     resource = Resource.create(resource_attributes(settings, service))
     if settings.service_name:
-        resource = resource.merge(Resource.create({"service.name": settings.service_name}))
+        # Resource(...), not Resource.create(...): create() adds a fresh random service.instance.id, which
+        # replaced the one from FLY_MACHINE_ID whenever OTEL_SERVICE_NAME was set.
+        resource = resource.merge(Resource({"service.name": settings.service_name}))
     provider = TracerProvider(resource=resource)
     if exporter is not None:
         provider.add_span_processor(SimpleSpanProcessor(exporter))

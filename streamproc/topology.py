@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from .codec import EventCodec
+from .errors import ConfigError
 from .event import Event, check_event_type
 from .keys import PartitionKeys, partition_keys
 
@@ -37,7 +38,8 @@ class Topology:
         tag = check_event_type(event_type)
         other = self.by_tag.get(tag)
         if other is not None:
-            raise ValueError(f"tag {tag!r} is used by both {other.event_type.__name__} and {event_type.__name__}")
+            # ConfigError, not ValueError: a declaration error like every other one (STYLE: one error base).
+            raise ConfigError(f"tag {tag!r} is used by both {other.event_type.__name__} and {event_type.__name__}")
         route = TypeRoute(event_type, tag, EventCodec(event_type), partition_keys(self.ns, tag, event_type.partitions))
         self.by_tag[tag] = route
         self.by_type[event_type] = route

@@ -80,9 +80,9 @@ class GroupWorker:
     async def run(self) -> None:
         """Process until `stopping` is set, then drain within the grace period and flush acks."""
         async with asyncio.TaskGroup() as tg:
-            background = [tg.create_task(self.settler.run_flusher(self._closed)),
-                          tg.create_task(repeat(f"{self.group} heartbeat", self._heartbeat_step, self._closed,
-                                                self._recreate_groups))]
+            flusher = tg.create_task(self.settler.run_flusher(self._closed))
+            heartbeat = tg.create_task(repeat(f"{self.group} heartbeat", self._heartbeat_step, self._closed,
+                                              self._recreate_groups))
             feeders = [tg.create_task(repeat(f"{self.group} {name}", step, self.stopping, self._recreate_groups))
                        for name, step in (("reader", self._read_step), ("claimer", self._claim_step),
                                           ("retries", self._retry_step))]
@@ -90,9 +90,12 @@ class GroupWorker:
             await self.stopping.wait()
             await asyncio.wait(feeders)
             await self._drain(runners)
+            # Stop the flusher between two flushes (never mid-flush), then send whatever it left.
             self._closed.set()
-            for task in background:
-                task.cancel()
+            self.settler.wake()
+            await flusher
+            heartbeat.cancel()
+            await _quietly(self.settler.flush(), "flushing acks at stop")
 
     async def _drain(self, runners: list[asyncio.Task[None]]) -> None:
         unstarted = []
@@ -113,7 +116,6 @@ class GroupWorker:
             for task in late:
                 task.cancel()
             await asyncio.wait(late)
-        await _quietly(self.settler.flush(), "flushing acks at stop")
 
     async def _runner(self) -> None:
         while (d := await self.queue.get()) is not None:
