@@ -1,12 +1,17 @@
 """The example social domain: events, and the handler groups that react to them.
 
-    social-graph   user.followed                 -> who follows whom
-    notifications  card.added, collection.created -> a capped notification list per follower (deduplicated)
-    feeds          card.added, url.shared         -> a capped home feed per follower (naturally idempotent)
+    social-graph   user.followed                    -> who follows whom
+    notifications  card.added, collection.created   -> a push per follower through the Notifier, and a capped
+                                                       notification list per follower (both deduplicated)
+    feeds          card.added, url.shared           -> a capped home feed per follower (naturally idempotent)
+    analytics      card.added, card.removed, url.shared, collection.created, user.followed
+                                                    -> daily counters per type and user (deduplicated)
 
-Importing the handler modules here registers their handlers with `handlers.app.app`.
+Importing the handler modules here registers their handlers with `handlers.app.app`. Beside them: notifier.py
+(the Notifier interface and its HTTP default), sink.py (a local endpoint for it, run by `streamproc dev`) and
+traffic.py (a generator of plausible traffic, posted to the ingest endpoint; used by the demo).
 """
 
-from handlers import feeds, notifications, social_graph
+from handlers import analytics, feeds, notifications, social_graph
 
-__all__ = ["feeds", "notifications", "social_graph"]
+__all__ = ["analytics", "feeds", "notifications", "social_graph"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
@@ -22,7 +22,7 @@ from .settings import Settings
 from .topology import StartAt, Topology, TypeRoute
 
 E = TypeVar("E", bound=Event)
-HandlerFn = Callable[[E, Context], Awaitable[None]]
+HandlerFn = Callable[[E, Context], Coroutine[Any, Any, None]]  # an `async def`
 # A service `streamproc dev` runs beside the app (e.g. a fake notification endpoint); it yields environment
 # variables for the worker processes (e.g. the endpoint's URL).
 DevService = Callable[[], AbstractAsyncContextManager[Mapping[str, str]]]

@@ -1,9 +1,10 @@
-"""`python -m streamproc.demo` (`make demo`): the social example running end to end on a throwaway Redis.
+"""`python -m streamproc.demo` (`make demo`): the social example running end to end, over HTTP, on free ports.
 
-It starts a private redis-server, starts `streamproc worker handlers.app:app` as a child process, publishes a
-social graph (users following each other) and then a steady stream of cards and shared links, and prints every
-second, per handler group, what was processed, what is pending, retrying and dead-lettered. Ctrl-C (or
-`--seconds N`) stops the publishing, stops the worker gracefully (SIGTERM), stops Redis and exits.
+It runs `streamproc dev handlers.app:app` as a child process (a throwaway redis-server, the ingest server, the
+workers and the notification sink they push to), posts a follow graph and then a steady stream of cards, links,
+follows and collections to the ingest endpoint, and prints every second, per handler group, what the workers
+processed, retried and dead-lettered (from their /metrics endpoint). Ctrl-C (or `--seconds N`) stops the traffic,
+lets the groups catch up for a moment, prints the final counts, stops `streamproc dev` with SIGINT and exits.
 """
 
 from __future__ import annotations
@@ -12,285 +13,313 @@ import argparse
 import asyncio
 import contextlib
 import os
-import random
 import signal
+import socket
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import msgspec
+from prometheus_client.parser import text_string_to_metric_families
 
 from handlers.app import app as social_app
-from handlers.events import CardAddedToLibrary, CollectionCreated, UrlShared, UserFollowed
+from handlers.traffic import IngestClient, Traffic, post_graph, post_steadily, sleep_unless
 
-from .app import App
-from .errors import BacklogFull, PublishError
-from .event import Event
-from .keys import PartitionKeys
 from .localredis import LocalRedis, LocalRedisError
-from .logs import configure_logging
 
-TICK_S = 0.05
-WORKER_STOP_TIMEOUT_S = 60.0
+READY_TIMEOUT_S = 60.0
 GRAPH_TIMEOUT_S = 60.0
-SITES = ("https://arxiv.org/abs/", "https://github.com/", "https://en.wikipedia.org/wiki/", "https://lwn.net/",
-         "https://www.nature.com/articles/", "https://blog.example.org/")
-TOPICS = ("streams", "consensus", "caching", "rust", "postgres", "typography", "gardening", "jazz", "maps")
-
-
-def worker_command(redis_url: str, processes: int) -> list[str]:
-    return [sys.executable, "-m", "streamproc", "worker", "handlers.app:app", "--processes", str(processes),
-            "--redis-url", redis_url]
-
-
-class Traffic:
-    """Plausible social traffic: a few users with many followers, many with few; everyone posts at about the same
-    rate (so one card reaches a dozen followers on average, some cards a hundred or more). Mostly cards, some
-    links, new follows and collections."""
-
-    def __init__(self, users: int, seed: int = 7) -> None:
-        self.rng = random.Random(seed)
-        self.users = [f"u{i:04d}" for i in range(users)]
-        self.popularity = [1.0 / (rank + 1) for rank in range(users)]  # Zipf-like
-        self.cards = 0
-
-    def _user(self) -> str:
-        return self.rng.choice(self.users)
-
-    def _popular_user(self) -> str:
-        return self.rng.choices(self.users, self.popularity)[0]
-
-    def graph(self, follows_each: int) -> list[Event]:
-        """Each user follows about `follows_each` others, popular ones more often."""
-        out: list[Event] = []
-        for follower in self.users:
-            followees = {self._popular_user() for _ in range(follows_each)} - {follower}
-            out.extend(UserFollowed(follower_id=follower, followee_id=f) for f in sorted(followees))
-        return out
-
-    def _url(self) -> str:
-        return f"{self.rng.choice(SITES)}{self.rng.choice(TOPICS)}-{self.rng.randrange(10_000)}"
-
-    def event(self) -> Event:
-        roll = self.rng.random()
-        if roll < 0.70:
-            self.cards += 1
-            topic = self.rng.choice(TOPICS)
-            return CardAddedToLibrary(card_id=f"c{self.cards}", curator_id=self._user(), url=self._url(),
-                                      title=f"Notes on {topic}")
-        if roll < 0.90:
-            # One link in a few hundred is not a web address: the feeds group dead-letters it.
-            url = "javascript:alert(1)" if self.rng.random() < 0.005 else self._url()
-            return UrlShared(url=url, sharer_id=self._user())
-        if roll < 0.97:
-            follower, followee = self._user(), self._popular_user()
-            if follower != followee:
-                return UserFollowed(follower_id=follower, followee_id=followee)
-        return CollectionCreated(collection_id=f"col{self.rng.randrange(10**6)}", owner_id=self._user(),
-                                 name=f"Best of {self.rng.choice(TOPICS)}")
+DRAIN_TIMEOUT_S = 10.0
+DEV_STOP_TIMEOUT_S = 90.0
+# Per group, summed over event types (counters) or streams (gauges).
+METRICS = {
+    "streamproc_events_processed_total": "processed",
+    "streamproc_events_retried_total": "retried",
+    "streamproc_events_dead_lettered_total": "dead",
+    "streamproc_group_lag": "unread",
+    "streamproc_group_pending": "pending",
+}
 
 
 @dataclass(slots=True)
-class GroupProgress:
-    processed: int = 0  # read and settled for good: acked after success, or dead-lettered
-    pending: int = 0  # read, not settled yet (running, or its consumer died and it awaits reclaim)
-    retrying: int = 0  # failed, waiting for its next attempt
-    dead: int = 0  # in the group's dead-letter streams
-    unread: int = 0  # appended, not yet read by the group (lag)
+class GroupCounts:
+    processed: float = 0  # handler runs that succeeded
+    retried: float = 0  # events scheduled for another attempt
+    dead: float = 0  # events given up on
+    unread: float = 0  # appended, not yet read by the group
+    pending: float = 0  # read, not yet settled
 
 
-def streams_by_group(app: App) -> dict[str, list[PartitionKeys]]:
-    out: dict[str, list[PartitionKeys]] = {}
-    for h in app.handlers:
-        out.setdefault(h.group, []).extend(h.route.partitions)
+def group_counts(exposition: str) -> dict[str, GroupCounts]:
+    """Per group, from the workers' Prometheus text exposition."""
+    out: dict[str, GroupCounts] = {}
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            attribute = METRICS.get(sample.name)
+            group = sample.labels.get("group")
+            if attribute is None or group is None:
+                continue
+            counts = out.setdefault(group, GroupCounts())
+            setattr(counts, attribute, getattr(counts, attribute) + sample.value)
     return out
 
 
-async def read_progress(app: App) -> dict[str, GroupProgress]:
-    """Per group, summed over its streams: XINFO GROUPS (entries-read, pending, lag), retry sets, dead letters."""
-    by_group = sorted(streams_by_group(app).items())
-    async with app.redis.pipeline(transaction=False) as pipe:
-        for group, partitions in by_group:
-            for keys in partitions:
-                pipe.xinfo_groups(keys.stream)
-                pipe.zcard(keys.retry(group))
-                pipe.xlen(keys.deadletter(group))
-        replies = iter(await pipe.execute(raise_on_error=False))
-    out: dict[str, GroupProgress] = {}
-    for group, partitions in by_group:
-        progress = out[group] = GroupProgress()
-        for _ in partitions:
-            infos, retrying, dead = next(replies), next(replies), next(replies)
-            _add_group_info(progress, group, infos)
-            progress.retrying += retrying if isinstance(retrying, int) else 0
-            progress.dead += dead if isinstance(dead, int) else 0
-        progress.processed -= progress.retrying
-    return out
+class SinkCounts(msgspec.Struct):
+    """The part of the sink's GET /stats that the report shows."""
+
+    accepted: int = 0
+    duplicates: int = 0
+    answered: dict[str, int] = msgspec.field(default_factory=dict)
 
 
-def _add_group_info(progress: GroupProgress, group: str, infos: object) -> None:
-    if not isinstance(infos, list):  # the stream does not exist yet
-        return
-    for info in infos:
-        name = info.get("name")
-        if (name.decode() if isinstance(name, bytes) else name) != group:
-            continue
-        read, pending, lag = info.get("entries-read"), info.get("pending"), info.get("lag")
-        pending = pending if isinstance(pending, int) else 0
-        progress.pending += pending
-        progress.processed += (read if isinstance(read, int) else 0) - pending
-        progress.unread += lag if isinstance(lag, int) else 0
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    ingest_port: int
+    metrics_port: int
+    sink_port: int
+
+    @property
+    def ingest(self) -> str:
+        return f"http://127.0.0.1:{self.ingest_port}"
+
+    @property
+    def metrics(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    @property
+    def sink_stats(self) -> str:
+        return f"http://127.0.0.1:{self.sink_port}/stats"
+
+
+def dev_command(args: argparse.Namespace, endpoints: Endpoints) -> list[str]:
+    command = [sys.executable, "-m", "streamproc", "dev", "handlers.app:app", "--port", str(endpoints.ingest_port),
+               "--metrics-port", str(endpoints.metrics_port), "--processes", str(args.processes)]
+    return command + (["--redis-url", args.redis_url] if args.redis_url else [])
+
+
+def dev_environment(args: argparse.Namespace, endpoints: Endpoints) -> dict[str, str]:
+    """The dev process's environment: ours, plus where its sink listens and how often it fails on purpose."""
+    return {**os.environ, "SINK_PORT": str(endpoints.sink_port), "SINK_FAIL_503": str(args.fail_503),
+            "SINK_FAIL_400": str(args.fail_400)}
 
 
 class Demo:
-    def __init__(self, app: App, args: argparse.Namespace) -> None:
-        self.app = app
+    def __init__(self, args: argparse.Namespace, log_path: Path) -> None:
         self.args = args
+        self.log_path = log_path
+        self.endpoints = Endpoints(free_port(), free_port(), free_port())
+        self.groups = sorted(social_app.groups())
         self.traffic = Traffic(args.users)
         self.stop = asyncio.Event()
-        self.published = 0
-        self.started = time.monotonic()
         self.failed = False
-        self.last_report: dict[str, GroupProgress] = {}
-        self.worker: asyncio.subprocess.Process | None = None
+        self.started = time.monotonic()
+        self.last: dict[str, GroupCounts] = {}
+        self.dev: asyncio.subprocess.Process | None = None
+        self.client: IngestClient | None = None
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, self.stop.set)
-        self.worker = await asyncio.create_subprocess_exec(
-            *worker_command(self.app.settings.redis_url, self.args.processes),
-            stdin=asyncio.subprocess.DEVNULL, start_new_session=True)  # our Ctrl-C is not the worker's: we stop it
+        with self.log_path.open("wb") as log_file:
+            # A session of its own: the terminal's Ctrl-C reaches only us, and we pass it on once the counts are in.
+            self.dev = await asyncio.create_subprocess_exec(
+                *dev_command(self.args, self.endpoints), env=dev_environment(self.args, self.endpoints),
+                stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True)
         try:
-            await self._main()
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+                await self._main(session)
         finally:
-            await self._stop_worker()
-            print(self._report(await read_progress(self.app), final=True), flush=True)
-            await self.app.aclose()
+            await self._stop_dev()
         return 1 if self.failed else 0
 
-    async def _main(self) -> None:
-        follows = self.traffic.graph(self.args.follows)
-        await self.app.publish_many(follows)
-        self.published += len(follows)
-        print(f"published a graph of {len(follows)} follows among {self.args.users} users; waiting for the "
-              "social-graph group to process it", flush=True)
-        if not await self._wait_for_graph(len(follows)):
+    async def _main(self, session: aiohttp.ClientSession) -> None:
+        if not await self._wait_ready(session):
             return
-        print(f"publishing ~{self.args.rate} events/s; Ctrl-C stops", flush=True)
-        self.started = time.monotonic()
+        e = self.endpoints
+        print(f"streamproc dev is up (its log: {self.log_path})\n  ingest   {e.ingest}/v1/events\n"
+              f"  metrics  {e.metrics}\n  sink     {e.sink_stats}", flush=True)
+        self.client = IngestClient(session, e.ingest)
+        follows = self.traffic.graph(self.args.follows)
+        await post_graph(self.client, follows)
+        print(f"posted a graph of {len(follows)} follows among {self.args.users} users; waiting for the "
+              "social-graph group to process it", flush=True)
+        if not await self._wait_for_graph(session, len(follows)):
+            return
+        print(f"posting ~{self.args.rate:.0f} events/s to the ingest; Ctrl-C stops", flush=True)
+        self.started, self.last = time.monotonic(), await self._counts(session)
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._publish_loop())
-            tg.create_task(self._watch_loop())
+            tg.create_task(post_steadily(self.client, self.traffic, self.args.rate, self.stop))
+            tg.create_task(self._watch_loop(session))
             if self.args.seconds is not None:
                 tg.create_task(self._stop_after(self.args.seconds))
+        await self._drain(session)
+        print(await self._report(session, final=True), flush=True)
+        for problem in self.client.stats.problems:  # the ingest refused a request: the generator has a bug
+            print(f"the ingest refused a request: {problem}", flush=True)
 
-    async def _wait_for_graph(self, follows: int) -> bool:
-        deadline = time.monotonic() + GRAPH_TIMEOUT_S
-        while not self.stop.is_set() and not self._worker_died():
-            if (await read_progress(self.app))["social-graph"].processed >= follows:
+    async def _wait_ready(self, session: aiohttp.ClientSession) -> bool:
+        """Until the ingest is ready, the workers' metrics answer and the sink answers."""
+        urls = [f"{self.endpoints.ingest}/readyz", self.endpoints.metrics, self.endpoints.sink_stats]
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not self.stop.is_set() and not self._dev_died():
+            if all([await _answers(session, url) for url in urls]):
                 return True
             if time.monotonic() > deadline:
-                print(f"the worker did not process the graph within {GRAPH_TIMEOUT_S:.0f}s; stopping", flush=True)
-                self.failed = True
-                return False
-            await self._sleep(0.1)
+                return self._fail(f"streamproc dev was not ready within {READY_TIMEOUT_S:.0f}s")
+            await sleep_unless(self.stop, 0.1)
         return False
 
-    async def _publish_loop(self) -> None:
-        next_at, owed = time.monotonic(), 0.0
-        while not self.stop.is_set():
-            owed += self.args.rate * TICK_S
-            count, owed = int(owed), owed - int(owed)
-            try:
-                await self.app.publish_many(self.traffic.event() for _ in range(count))
-                self.published += count
-            except BacklogFull as exc:  # the workers are far behind: back off instead of growing Redis
-                print(f"backpressure: {exc}; pausing publishing for a second", flush=True)
-                await self._sleep(1.0)
-            except PublishError as exc:
-                print(f"publish failed: {exc}", flush=True)
-                await self._sleep(1.0)
-            next_at = max(next_at + TICK_S, time.monotonic() - 1.0)  # catch up on short stalls, not long ones
-            await self._sleep(next_at - time.monotonic())
+    async def _wait_for_graph(self, session: aiohttp.ClientSession, follows: int) -> bool:
+        deadline = time.monotonic() + GRAPH_TIMEOUT_S
+        while not self.stop.is_set() and not self._dev_died():
+            graph = (await self._counts(session)).get("social-graph", GroupCounts())
+            if graph.processed + graph.dead >= follows:
+                return True
+            if time.monotonic() > deadline:
+                return self._fail(f"the workers did not process the graph within {GRAPH_TIMEOUT_S:.0f}s")
+            await sleep_unless(self.stop, 0.1)
+        return False
 
-    async def _watch_loop(self) -> None:
-        while not await self._sleep(1.0):
-            print(self._report(await read_progress(self.app)), flush=True)
-            if self._worker_died():
+    async def _watch_loop(self, session: aiohttp.ClientSession) -> None:
+        while not await sleep_unless(self.stop, 1.0):
+            print(await self._report(session), flush=True)
+            if self._dev_died():
                 return
 
     async def _stop_after(self, seconds: float) -> None:
-        await self._sleep(seconds)
+        await sleep_unless(self.stop, seconds)
         self.stop.set()
 
-    async def _sleep(self, seconds: float) -> bool:
-        """Sleep, but wake up at once on stop; True if stopping."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(max(0.0, seconds)):
-                await self.stop.wait()
-        return self.stop.is_set()
+    async def _drain(self, session: aiohttp.ClientSession) -> None:
+        """Give the groups a moment to read and settle what was posted, so the final counts are nearly whole.
+        (Events waiting for a retry keep waiting: their backoff can be minutes.)"""
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while time.monotonic() < deadline and not self._dev_died():
+            counts = await self._counts(session)
+            if counts and all(c.unread == 0 and c.pending == 0 for c in counts.values()):
+                return
+            await asyncio.sleep(0.2)
 
-    def _worker_died(self) -> bool:
-        if self.worker is None or self.worker.returncode is None:
-            return False
-        print(f"the worker exited unexpectedly with {self.worker.returncode}; stopping", flush=True)
+    async def _counts(self, session: aiohttp.ClientSession) -> dict[str, GroupCounts]:
+        text = await _get_text(session, self.endpoints.metrics)
+        return group_counts(text) if text is not None else {}
+
+    async def _report(self, session: aiohttp.ClientSession, final: bool = False) -> str:
+        """A block of lines: what was posted and what the sink got, then one line per group."""
+        counts = await self._counts(session)
+        stats = self.client.stats if self.client is not None else None
+        posted = stats.accepted if stats is not None else 0
+        refused = f" refused={stats.refused}" if stats is not None and stats.refused else ""
+        sink = await self._sink_line(session)
+        lines = [f"{'final' if final else f'{time.monotonic() - self.started:5.0f}s'}  posted={posted}{refused}"
+                 f"  sink: {sink}"]
+        for group in self.groups:
+            now, before = counts.get(group, GroupCounts()), self.last.get(group, GroupCounts())
+            rate = "" if final else f" (+{now.processed - before.processed:.0f}/s)"
+            lines.append(f"    {group:14} processed={now.processed:.0f}{rate} retried={now.retried:.0f} "
+                         f"dead-lettered={now.dead:.0f} unread={now.unread:.0f} pending={now.pending:.0f}")
+        self.last = counts
+        return "\n".join(lines)
+
+    async def _sink_line(self, session: aiohttp.ClientSession) -> str:
+        text = await _get_text(session, self.endpoints.sink_stats)
+        if text is None:
+            return "?"
+        stats = msgspec.json.decode(text, type=SinkCounts)
+        answers = " ".join(f"{status}={n}" for status, n in stats.answered.items() if status != "202")
+        return f"accepted={stats.accepted} {answers} duplicates={stats.duplicates}".replace("  ", " ")
+
+    def _fail(self, message: str) -> bool:
+        print(f"{message}; stopping", flush=True)
         self.failed = True
         self.stop.set()
-        return True
+        return False
 
-    async def _stop_worker(self) -> None:
-        worker = self.worker
-        if worker is None or worker.returncode is not None:
+    def _dev_died(self) -> bool:
+        if self.dev is None or self.dev.returncode is None:
+            return False
+        return not self._fail(f"streamproc dev exited unexpectedly with {self.dev.returncode}")
+
+    async def _stop_dev(self) -> None:
+        dev = self.dev
+        if dev is None:
             return
-        print("stopping the worker (SIGTERM): in-flight events finish, acks are flushed", flush=True)
-        worker.send_signal(signal.SIGTERM)
+        if dev.returncode is None:
+            print("stopping streamproc dev (SIGINT): ingest, workers, sink and Redis", flush=True)
+            dev.send_signal(signal.SIGINT)
         try:
-            async with asyncio.timeout(WORKER_STOP_TIMEOUT_S):
-                code = await worker.wait()
+            async with asyncio.timeout(DEV_STOP_TIMEOUT_S):
+                code = await dev.wait()
         except TimeoutError:
-            print("the worker did not stop in time; killing it", flush=True)
-            worker.kill()
-            code = await worker.wait()
+            print("streamproc dev did not stop in time; killing it", flush=True)
+            dev.kill()
+            code = await dev.wait()
         if code != 0:
-            print(f"the worker exited with {code}", flush=True)
             self.failed = True
+            print(f"streamproc dev exited with {code}; the end of its log ({self.log_path}):", flush=True)
+            print(_tail(self.log_path), flush=True)
+        else:
+            print("streamproc dev stopped cleanly; bye", flush=True)
 
-    def _report(self, progress: dict[str, GroupProgress], final: bool = False) -> str:
-        """A block of lines: what was published, then one line per group (with its rate since the last report)."""
-        elapsed = time.monotonic() - self.started
-        lines = [f"{'final' if final else f'{elapsed:5.0f}s'}  published={self.published}"]
-        for group, p in progress.items():
-            before = self.last_report.get(group, GroupProgress())
-            rate = "" if final else f" (+{p.processed - before.processed}/s)"
-            lines.append(f"    {group:14} processed={p.processed}{rate} pending={p.pending} retrying={p.retrying} "
-                         f"dead-lettered={p.dead} unread={p.unread}")
-        self.last_report = progress
-        return "\n".join(lines)
+
+async def _get_text(session: aiohttp.ClientSession, url: str) -> str | None:
+    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+        async with session.get(url) as response:
+            if response.status == 200:
+                return await response.text()
+    return None
+
+
+async def _answers(session: aiohttp.ClientSession, url: str) -> bool:
+    return await _get_text(session, url) is not None
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return ""
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m streamproc.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=None, help="stop after this long (default: Ctrl-C)")
-    parser.add_argument("--rate", type=float, default=200.0, help="events published per second (default 200)")
+    parser.add_argument("--rate", type=float, default=100.0, help="events posted per second (default 100)")
     parser.add_argument("--users", type=int, default=200, help="users in the sample graph (default 200)")
     parser.add_argument("--follows", type=int, default=15, help="follows per user in the graph (default 15)")
     parser.add_argument("--processes", type=int, default=2, help="worker processes (default 2)")
+    parser.add_argument("--fail-503", type=float, default=0.005,
+                        help="fraction of notifications the sink answers 503, retried (default 0.005)")
+    parser.add_argument("--fail-400", type=float, default=0.0001,
+                        help="fraction of notifications the sink answers 400, dead-lettered (default 0.0001)")
+    parser.add_argument("--redis-url", default=None, help="use this Redis instead of a throwaway one")
     # The demo is an entry point: like the CLI, it may read the environment (REDIS_SERVER, as bootstrap.sh does).
     parser.add_argument("--redis-server", default=os.environ.get("REDIS_SERVER") or None,
-                        help="redis-server binary (default: $REDIS_SERVER, then PATH)")
+                        help="redis-server binary for the throwaway Redis (default: $REDIS_SERVER, then PATH)")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    configure_logging("WARNING")
+    fd, name = tempfile.mkstemp(prefix="streamproc-demo-", suffix=".log")
+    os.close(fd)
     try:
-        with LocalRedis(binary=args.redis_server) as server:
-            print(f"started a throwaway redis-server at {server.url}", flush=True)
-            social_app.settings = social_app.settings.replace(redis_url=server.url)
-            code = asyncio.run(Demo(social_app, args).run())
-        print("stopped redis-server; bye", flush=True)
-        return code
+        with contextlib.ExitStack() as stack:
+            if args.redis_server and not args.redis_url:
+                # `streamproc dev` finds redis-server on PATH only; a binary named elsewhere is started here.
+                args.redis_url = stack.enter_context(LocalRedis(binary=args.redis_server)).url
+            return asyncio.run(Demo(args, Path(name)).run())
     except LocalRedisError as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from .event import Event
 from .publish import Outgoing
 from .topology import Topology
 
@@ -20,6 +21,8 @@ JSON = "application/json"
 MSGPACK = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
 RESERVED = ("id", "partition_key")
 MAX_ID_LENGTH = 200
+# The integers an event can carry: its stream encoding, msgpack, has nothing wider. The OpenAPI document says so.
+MIN_INT, MAX_INT = -(2**63), 2**64 - 1
 
 
 @dataclass
@@ -76,11 +79,49 @@ def _convert(topology: Topology, index: int, item: Any) -> tuple[Outgoing | None
         if value is not None and (not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH):
             return None, _item_error(index, f"$.{key}", f"must be a non-empty string of at most {MAX_ID_LENGTH}")
     try:
-        event = msgspec.convert(item, route.event_type)
+        event = _to_event(item, route.event_type)
     except msgspec.ValidationError as exc:
         message, _, path = str(exc).rpartition(" - at `")
         return None, _item_error(index, path.rstrip("`") if message else "$", message or str(exc))
+    too_wide = _wide_int_path(msgspec.to_builtins(event), "$")
+    if too_wide is not None:  # msgspec accepts any size, but encoding it for the stream would fail (was a 500)
+        return None, _item_error(index, too_wide, f"integers must be between {MIN_INT} and {MAX_INT}")
     return Outgoing(event, options.get("id"), options.get("partition_key")), None
+
+
+def _to_event(item: dict[str, Any], event_type: type[Event]) -> Event:
+    """JSON has one kind of number: 2.0 is the integer 2 (so says JSON Schema, and the OpenAPI document), but
+    msgspec refuses a float for an int field. A failed conversion is tried again with integral floats as ints;
+    if that fails too, the first error is the one reported."""
+    try:
+        return msgspec.convert(item, event_type)
+    except msgspec.ValidationError as exc:
+        try:
+            return msgspec.convert(_integral_floats_as_ints(item), event_type)
+        except msgspec.ValidationError:
+            raise exc from None
+
+
+def _integral_floats_as_ints(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral_floats_as_ints(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral_floats_as_ints(v) for v in value]
+    return value
+
+
+def _wide_int_path(value: Any, path: str) -> str | None:
+    """The path of the first integer outside MIN_INT..MAX_INT (JSON allows any size), or None."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return None if MIN_INT <= value <= MAX_INT else path
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in children:
+        found = _wide_int_path(child, f"{path}.{key}" if isinstance(key, str) else f"{path}[{key}]")
+        if found is not None:
+            return found
+    return None
 
 
 def to_outgoing(topology: Topology, items: list[Any], idempotency_key: str | None, max_items: int) -> list[Outgoing]:

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import ConfigError
 
@@ -22,19 +22,17 @@ def check_namespace(ns: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class PartitionKeys:
-    """The keys of one (event type, partition)."""
+    """The keys of one (event type, partition). The stream key is computed once: it is on every hot path."""
 
     ns: str
     tag: str
     partition: int
+    hash_tag: str = field(init=False, repr=False, compare=False)
+    stream: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def hash_tag(self) -> str:
-        return f"{{{self.tag}:{self.partition}}}"
-
-    @property
-    def stream(self) -> str:
-        return f"{self.ns}:ev:{self.hash_tag}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hash_tag", f"{{{self.tag}:{self.partition}}}")
+        object.__setattr__(self, "stream", f"{self.ns}:ev:{self.hash_tag}")
 
     def retry(self, group: str) -> str:
         return f"{self.ns}:retry:{self.hash_tag}:{group}"

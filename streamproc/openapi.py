@@ -6,7 +6,7 @@ from typing import Any
 
 import msgspec
 
-from .intake import JSON, MAX_ID_LENGTH
+from .intake import JSON, MAX_ID_LENGTH, MAX_INT, MIN_INT
 from .topology import Topology
 
 PROBLEM = {
@@ -39,10 +39,26 @@ def _event_schemas(topology: Topology) -> dict[str, Any]:
     _, components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
     for route in topology.by_tag.values():
         schema = components[route.event_type.__name__]
-        schema["properties"]["id"] = {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH,
+        # null is accepted as "not given" by ingest (intake._convert), so the contract allows it too
+        schema["properties"]["id"] = {"type": ["string", "null"], "minLength": 1, "maxLength": MAX_ID_LENGTH,
                                       "description": "event id; publishing the same id twice appends once"}
-        schema["properties"]["partition_key"] = {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH}
+        schema["properties"]["partition_key"] = {"type": ["string", "null"], "minLength": 1,
+                                                 "maxLength": MAX_ID_LENGTH}
+    _bound_integers(components)
     return dict(components)
+
+
+def _bound_integers(schema: Any) -> None:
+    """Give every integer without bounds the range that ingest accepts (what msgpack can carry)."""
+    if isinstance(schema, dict):
+        if schema.get("type") == "integer":
+            schema.setdefault("minimum", MIN_INT)
+            schema.setdefault("maximum", MAX_INT)
+        for child in schema.values():
+            _bound_integers(child)
+    elif isinstance(schema, list):
+        for child in schema:
+            _bound_integers(child)
 
 
 def openapi_document(topology: Topology, title: str) -> dict[str, Any]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 import redis.asyncio as aioredis
 from opentelemetry import trace
@@ -13,6 +15,7 @@ from opentelemetry.trace import Span
 from .codec import TRACEPARENT, read_envelope
 from .consume import Delivery
 from .context import Context
+from .eager import Resumed
 from .errors import DeadLetter, DecodeError, Retry
 from .event import Event
 from .instruments import Instruments
@@ -31,54 +34,74 @@ class HandlerRun:
         self.namespace = namespace
         self.instruments = instruments
 
-    async def __call__(self, d: Delivery) -> None:
+    def start(self, d: Delivery) -> Coroutine[Any, Any, None] | None:
+        """Run a delivery as far as it goes without waiting. Returns None if it is done (the handler finished
+        without suspending; its ack is queued), else a coroutine that finishes it, to be run as a task."""
         handler = d.handler
         if d.attempt > handler.max_deliveries:
             reason = (f"delivered {d.attempt} times without being settled (max_deliveries="
                       f"{handler.max_deliveries}): it kills or hangs its worker")
-            await self._dead_letter(d, reason, None, None)
-            return
+            return self._dead_letter(d, reason, None, None)
         try:
             envelope = read_envelope(d.fields)
             event = handler.codec.decode(envelope)
         except DecodeError as exc:
-            await self._dead_letter(d, f"undecodable: {exc}", exc, None)
-            return
+            return self._dead_letter(d, f"undecodable: {exc}", exc, None)
         ctx = Context(event_id=envelope.event_id, event_type=envelope.type, group=handler.group, attempt=d.attempt,
                       stream=d.keys.stream, stream_id=d.entry_id.decode(), occurred_at_ms=envelope.occurred_at_ms,
                       redis=self.redis, namespace=self.namespace)
-        tracing = self.instruments.tracing
-        span = tracing.start_process(ctx.stream, ctx.group, ctx.event_id, ctx.event_type, ctx.stream_id,
-                                     ctx.attempt, d.fields.get(TRACEPARENT)) if tracing.enabled else None
+        if self.instruments.tracing.enabled:
+            return self._run_traced(d, event, ctx)
+        started = time.perf_counter()
+        coro = handler.fn(event, ctx)
         try:
-            error = await self._invoke(d, event, ctx, span)
-            await self._settle(d, error, span)
-        finally:
-            if span is not None:
-                span.end()
+            yielded = coro.send(None)
+        except StopIteration:
+            self._count(d, None, started)
+            self.settler.succeeded(d)
+            return None
+        except Exception as exc:  # failed before its first await
+            self._count(d, exc, started)
+            return self._settle(d, exc, None)
+        return self._finish(d, coro, yielded, started)
 
-    async def _invoke(self, d: Delivery, event: Event, ctx: Context, span: Span | None) -> Exception | None:
-        """Run the handler under its timeout (and span); returns its exception, or None on success."""
-        handler = d.handler
-        metrics = self.instruments.metrics
-        started = time.perf_counter() if metrics is not None else 0.0
+    async def _finish(self, d: Delivery, coro: Coroutine[Any, Any, None], yielded: Any, started: float) -> None:
+        """Continue a handler that suspended, under its timeout, then settle."""
         try:
-            if span is None:
-                async with asyncio.timeout(handler.timeout):
-                    await handler.fn(event, ctx)
-            else:
-                with trace.use_span(span, record_exception=False, set_status_on_exception=False):
-                    async with asyncio.timeout(handler.timeout):
-                        await handler.fn(event, ctx)
+            async with asyncio.timeout(d.handler.timeout):
+                await Resumed(coro, yielded)
         except Exception as exc:  # any handler failure is retried or dead-lettered; it must not stop the worker
             error: Exception | None = exc
         else:
             error = None
+        self._count(d, error, started)
+        await self._settle(d, error, None)
+
+    async def _run_traced(self, d: Delivery, event: Event, ctx: Context) -> None:
+        """The whole run inside a CONSUMER span (as its current span, so the handler's own spans nest)."""
+        span = self.instruments.tracing.start_process(ctx.stream, ctx.group, ctx.event_id, ctx.event_type,
+                                                      ctx.stream_id, ctx.attempt, d.fields.get(TRACEPARENT))
+        started = time.perf_counter()
+        try:
+            with trace.use_span(span, record_exception=False, set_status_on_exception=False):
+                async with asyncio.timeout(d.handler.timeout):
+                    await d.handler.fn(event, ctx)
+        except Exception as exc:
+            error: Exception | None = exc
+        else:
+            error = None
+        try:
+            self._count(d, error, started)
+            await self._settle(d, error, span)
+        finally:
+            span.end()
+
+    def _count(self, d: Delivery, error: Exception | None, started: float) -> None:
+        metrics = self.instruments.metrics
         if metrics is not None:
-            m = metrics.group(handler.route.tag, handler.group)
+            m = metrics.group(d.handler.route.tag, d.handler.group)
             m.duration.observe(time.perf_counter() - started)
             (m.processed if error is None else m.failed).inc()
-        return error
 
     async def _settle(self, d: Delivery, error: Exception | None, span: Span | None) -> None:
         if error is None:

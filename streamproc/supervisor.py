@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import io
 import logging
 import multiprocessing
 import multiprocessing.process
@@ -93,11 +94,21 @@ async def _serve(app: App, spec: WorkerSpec) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
+    loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
     try:
         await run_worker(app, stopping, list(spec.groups) or None, spec.concurrency)
     finally:
         await app.aclose()
     log.info("worker %d stopped cleanly", os.getpid())
+
+
+def dump_tasks() -> None:
+    """SIGUSR1: log every asyncio task and where it waits, to diagnose a worker that seems stuck."""
+    out = io.StringIO()
+    for task in asyncio.all_tasks():
+        print(f"--- {task.get_name()} {task!r:.200}", file=out)
+        task.print_stack(limit=12, file=out)
+    log.warning("asyncio tasks of worker %d:\n%s", os.getpid(), out.getvalue())
 
 
 @dataclass(slots=True)

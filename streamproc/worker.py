@@ -1,8 +1,8 @@
 """A worker process: one GroupWorker per handler group, each a small set of structured tasks.
 
-    reader ──► queue ──► runners (concurrency) ──► settler (acks flushed in pipelines)
-    claimer (XAUTOCLAIM stalled entries) ──┘ ▲
-    retry poller (due retries) ────────────┘ │
+    reader ──► waiting ──► handler (inline, or a task if it suspends; <= concurrency) ──► settler (acks in pipelines)
+    claimer (XAUTOCLAIM stalled entries) ──┘
+    retry poller (due retries) ────────────┘
     heartbeat: keeps the lease of every held entry fresh
 """
 
@@ -13,6 +13,8 @@ import logging
 import os
 import socket
 import uuid
+from collections import deque
+from collections.abc import Coroutine
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -35,6 +37,9 @@ def consumer_name() -> str:
 
 
 class GroupWorker:
+    """Runs one handler group in this process. Handlers that finish without waiting run inline in the task that
+    read them; the others continue as tasks, at most `concurrency` at once."""
+
     def __init__(self, app: App, group: str, handlers: list[Handler[Any]], consumer: str,
                  concurrency: int | None = None) -> None:
         self.app = app
@@ -46,12 +51,14 @@ class GroupWorker:
         self.reader = Reader(self.redis, group, consumer, sources)
         self.settler = Settler(self.redis, group, consumer, self.settings.deadletter_max_length)
         self.run_one = HandlerRun(self.settler, self.redis, app.name, app.instruments)
-        self.queue: asyncio.Queue[Delivery | None] = asyncio.Queue()
-        # Entries this consumer holds (queued or running), for heartbeats and capacity.
+        # Entries this consumer holds (waiting or running), for heartbeats and capacity.
         self.held: dict[tuple[str, bytes], Delivery] = {}
+        self.waiting: deque[Delivery] = deque()
+        self.running: set[asyncio.Task[None]] = set()
         self.capacity = self.concurrency + self.settings.batch_size
         self._space = asyncio.Event()
         self._space.set()
+        self._tasks: asyncio.TaskGroup | None = None
         self.stopping = asyncio.Event()  # stop taking new work
         self._closed = asyncio.Event()  # stop the background loops (after in-flight work is settled)
 
@@ -64,9 +71,32 @@ class GroupWorker:
             if d.held_key in self.held:
                 continue  # already ours (a reclaim raced our own heartbeat); one run is enough
             self.held[d.held_key] = d
-            self.queue.put_nowait(d)
+            self.waiting.append(d)
         if self.free <= 0:
             self._space.clear()
+        self._pump()
+
+    def _pump(self) -> None:
+        """Start waiting deliveries while fewer than `concurrency` handlers are suspended."""
+        while self.waiting and len(self.running) < self.concurrency and not self.stopping.is_set():
+            d = self.waiting.popleft()
+            rest = self.run_one.start(d)
+            if rest is None:
+                self._release(d)
+            else:
+                assert self._tasks is not None
+                task = self._tasks.create_task(self._finish(d, rest))
+                self.running.add(task)
+
+    async def _finish(self, d: Delivery, rest: Coroutine[Any, Any, None]) -> None:
+        try:
+            await rest
+        finally:
+            task = asyncio.current_task()
+            if task is not None:
+                self.running.discard(task)
+            self._release(d)
+            self._pump()
 
     def _release(self, d: Delivery) -> None:
         self.held.pop(d.held_key, None)
@@ -80,16 +110,16 @@ class GroupWorker:
     async def run(self) -> None:
         """Process until `stopping` is set, then drain within the grace period and flush acks."""
         async with asyncio.TaskGroup() as tg:
+            self._tasks = tg
             flusher = tg.create_task(self.settler.run_flusher(self._closed))
             heartbeat = tg.create_task(repeat(f"{self.group} heartbeat", self._heartbeat_step, self._closed,
                                               self._recreate_groups))
             feeders = [tg.create_task(repeat(f"{self.group} {name}", step, self.stopping, self._recreate_groups))
                        for name, step in (("reader", self._read_step), ("claimer", self._claim_step),
                                           ("retries", self._retry_step))]
-            runners = [tg.create_task(self._runner()) for _ in range(self.concurrency)]
             await self.stopping.wait()
             await asyncio.wait(feeders)
-            await self._drain(runners)
+            await self._drain()
             # Stop the flusher between two flushes (never mid-flush), then send whatever it left.
             self._closed.set()
             self.settler.wake()
@@ -97,42 +127,41 @@ class GroupWorker:
             heartbeat.cancel()
             await _quietly(self.settler.flush(), "flushing acks at stop")
 
-    async def _drain(self, runners: list[asyncio.Task[None]]) -> None:
-        unstarted = []
-        while not self.queue.empty():
-            d = self.queue.get_nowait()
-            if d is not None:
-                unstarted.append(d)
-        for _ in runners:
-            self.queue.put_nowait(None)
+    async def _drain(self) -> None:
+        unstarted = list(self.waiting)
+        self.waiting.clear()
         if unstarted:
             await _quietly(self.settler.hand_back(unstarted), "handing back unstarted entries")
             for d in unstarted:
                 self._release(d)
-        _, late = await asyncio.wait(runners, timeout=self.settings.grace_period_s)
+        if not self.running:
+            return
+        _, late = await asyncio.wait(set(self.running), timeout=self.settings.grace_period_s)
         if late:
             log.warning("%s: %d handler(s) still running after the grace period; leaving their entries pending",
                         self.group, len(late))
-            for task in late:
-                task.cancel()
-            await asyncio.wait(late)
-
-    async def _runner(self) -> None:
-        while (d := await self.queue.get()) is not None:
-            try:
-                await self.run_one(d)
-            finally:
-                self._release(d)
+            # Cancel until they are gone, not once: on Python 3.11, asyncio.wait_for (which redis-py >= 8 uses to
+            # send every command, as it sets a socket timeout by default) swallows a cancellation that arrives as
+            # the send completes, and the handler would run on, holding up the stop for good.
+            while late:
+                for task in late:
+                    task.cancel()
+                _, late = await asyncio.wait(late, timeout=0.1)
 
     async def _read_step(self) -> float:
-        try:
-            async with asyncio.timeout(self.settings.block_ms / 1000):
-                await self._space.wait()
-        except TimeoutError:
-            return 0.0
+        if not self._space.is_set():
+            try:
+                async with asyncio.timeout(self.settings.block_ms / 1000):
+                    await self._space.wait()
+            except TimeoutError:
+                return 0.0
         if self.stopping.is_set():
             return 0.0
         count = min(self.settings.batch_size, self.free)
+        if count <= 0:
+            # The claimer or the retry poller may fill the space between `_space` being set and this step resuming;
+            # XREADGROUP COUNT 0 would raise DataError and take the whole worker down (seen under load).
+            return 0.0
         self._take(await self.reader.read_new(count, self.settings.block_ms))
         return 0.0
 

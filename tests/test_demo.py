@@ -1,5 +1,6 @@
-"""`python -m streamproc.demo` (what `make demo` runs) end to end: its own redis-server, a worker subprocess
-through the `streamproc worker` command, sample traffic, progress lines, and a clean stop."""
+"""`python -m streamproc.demo` (what `make demo` runs) end to end: `streamproc dev` as a child process (its own
+redis-server, ingest, workers and notification sink), traffic posted over HTTP, progress lines read from the
+workers' metrics, and a clean stop."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from streamproc.demo import GroupCounts, group_counts
 from streamproc.localredis import LocalRedis, LocalRedisError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,11 +25,34 @@ def test_a_bounded_demo_run_processes_events_and_exits_cleanly() -> None:
                           capture_output=True, text=True, timeout=120)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
-    processed = {group: int(n) for group, n in re.findall(r"^\s+(\S+)\s+processed=(\d+)", done.stdout, re.M)}
-    assert set(processed) == {"feeds", "notifications", "social-graph"}, output
+    final = done.stdout[done.stdout.index("\nfinal "):]
+    processed = {group: int(n) for group, n in re.findall(r"^\s+(\S+)\s+processed=(\d+)", final, re.M)}
+    assert set(processed) == {"analytics", "feeds", "notifications", "social-graph"}, output
     assert all(n > 0 for n in processed.values()), output
-    assert re.search(r"^final\s+published=\d+", done.stdout, re.M), output
-    assert "stopped redis-server" in done.stdout, output
+    assert re.search(r"^final\s+posted=\d+\s+sink: accepted=[1-9]\d*", final, re.M), output
+    assert "streamproc dev stopped cleanly" in done.stdout, output
+
+
+def test_the_demo_reads_per_group_counts_from_the_workers_metrics() -> None:
+    exposition = """\
+# TYPE streamproc_events_processed_total counter
+streamproc_events_processed_total{group="feeds",type="card.added"} 5.0
+streamproc_events_processed_total{group="feeds",type="url.shared"} 2.0
+streamproc_events_processed_total{group="notifications",type="card.added"} 4.0
+# TYPE streamproc_events_retried_total counter
+streamproc_events_retried_total{group="notifications",type="card.added"} 3.0
+# TYPE streamproc_events_dead_lettered_total counter
+streamproc_events_dead_lettered_total{group="feeds",type="url.shared"} 1.0
+# TYPE streamproc_group_lag gauge
+streamproc_group_lag{group="feeds",stream="s:ev:{card.added:0}"} 7.0
+streamproc_group_lag{group="feeds",stream="s:ev:{card.added:1}"} 1.0
+# TYPE streamproc_events_published_total counter
+streamproc_events_published_total{type="card.added"} 9.0
+"""
+    assert group_counts(exposition) == {
+        "feeds": GroupCounts(processed=7, dead=1, unread=8),
+        "notifications": GroupCounts(processed=4, retried=3),
+    }
 
 
 def test_local_redis_starts_answers_and_leaves_nothing_behind() -> None:

@@ -1,25 +1,59 @@
 """The example social handlers against a real Redis: follower fan-out, idempotency under redelivery, capping.
 
 Most tests call the handler functions directly with a hand-made Context (as a worker would), in a unique
-namespace; the last one runs the whole app through an in-process worker to check the wiring.
+namespace; the last one runs the whole app through an in-process worker to check the wiring. Notifications are
+pushed to an in-memory notifier here; tests/test_notifier.py covers the HTTP notifier against a real sink.
 """
 
 from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 import pytest
 import redis.asyncio as aioredis
 
-from handlers import feeds, notifications, social_graph
+from handlers import analytics, feeds, notifications, social_graph
+from handlers.analytics import counters_key
 from handlers.app import app as social_app
-from handlers.events import CardAddedToLibrary, CollectionCreated, UrlShared, UserFollowed
+from handlers.app import services
+from handlers.events import CardAddedToLibrary, CardRemoved, CollectionCreated, UrlShared, UserFollowed
 from handlers.feeds import feed_key
 from handlers.notifications import Notification, notifications_key
 from handlers.social_graph import followers_key
-from streamproc import App, Context, DeadLetter, Event, key_slot, new_event_id
+from streamproc import App, Context, DeadLetter, Event, Retry, key_slot, new_event_id
 from tests.inproc import open_app, running
 
-T0 = 1_700_000_000_000
+T0 = 1_700_000_000_000  # 2023-11-14T22:13:20Z
+DAY0 = "2023-11-14"
+DAY_MS = 86_400_000
+
+
+class RecordingNotifier:
+    """A Notifier that remembers what it sent, and fails for the recipients in `failing` (with that error)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, Mapping[str, object]]] = []
+        self.failing: dict[str, Exception] = {}
+
+    async def send(self, recipient: str, payload: Mapping[str, object]) -> None:
+        error = self.failing.get(recipient)
+        if error is not None:
+            raise error
+        self.sent.append((recipient, payload))
+
+    def recipients(self) -> Counter[str]:
+        return Counter(recipient for recipient, _ in self.sent)
+
+
+@pytest.fixture(autouse=True)
+def notifier(monkeypatch: pytest.MonkeyPatch) -> Iterator[RecordingNotifier]:
+    recording = RecordingNotifier()
+    monkeypatch.setattr(services, "notifier", recording)
+    yield recording
 
 
 def context(redis: aioredis.Redis, ns: str, group: str, event: Event, *, event_id: str | None = None,
@@ -43,7 +77,11 @@ async def notifications_of(redis: aioredis.Redis, ns: str, user: str) -> list[No
 
 async def feed_of(redis: aioredis.Redis, ns: str, user: str) -> list[str]:
     """Newest first."""
-    return [m.decode() for m in await redis.zrevrange(feed_key(ns, user), 0, -1)]
+    return [text(m) for m in await redis.zrevrange(feed_key(ns, user), 0, -1)]
+
+
+def text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 # The app's declaration -----------------------------------------------------------------------------------------
@@ -52,13 +90,15 @@ async def feed_of(redis: aioredis.Redis, ns: str, user: str) -> list[str]:
 def test_app_declares_its_groups_and_partitioned_card_stream() -> None:
     tags = {group: sorted(h.route.tag for h in hs) for group, hs in social_app.groups().items()}
     assert tags == {
+        "analytics": ["card.added", "card.removed", "collection.created", "url.shared", "user.followed"],
         "feeds": ["card.added", "url.shared"],
         "notifications": ["card.added", "collection.created"],
         "social-graph": ["user.followed"],
     }
     card_route = social_app.topology.route(CardAddedToLibrary)
     assert [k.stream for k in card_route.partitions] == [f"social:ev:{{card.added:{p}}}" for p in range(4)]
-    assert "card.removed" in social_app.topology.by_tag  # declared without a handler
+    assert "card.removed" in social_app.topology.by_tag
+    assert len(social_app.dev_services) == 1  # the notification sink, for `streamproc dev`
 
 
 # social-graph --------------------------------------------------------------------------------------------------
@@ -83,7 +123,8 @@ async def test_following_yourself_is_dead_lettered(redis: aioredis.Redis, ns: st
 # notifications -------------------------------------------------------------------------------------------------
 
 
-async def test_card_added_notifies_every_follower_of_the_curator(redis: aioredis.Redis, ns: str) -> None:
+async def test_card_added_notifies_every_follower_of_the_curator(redis: aioredis.Redis, ns: str,
+                                                                 notifier: RecordingNotifier) -> None:
     for user in ("bob", "carol"):
         await follow(redis, ns, user, "alice")
     await follow(redis, ns, "dave", "erin")
@@ -92,15 +133,18 @@ async def test_card_added_notifies_every_follower_of_the_curator(redis: aioredis
 
     await notifications.card_added(card, ctx)
 
+    expected = Notification(event_id=ctx.event_id, type="card.added", actor_id="alice", text="alice added A",
+                            url="https://example.org/a", at_ms=T0 + 5)
     for user in ("bob", "carol"):
-        [note] = await notifications_of(redis, ns, user)
-        assert note == Notification(event_id=ctx.event_id, type="card.added", actor_id="alice",
-                                    text="alice added A", url="https://example.org/a", at_ms=T0 + 5)
+        assert await notifications_of(redis, ns, user) == [expected]
     assert await notifications_of(redis, ns, "dave") == []
     assert await notifications_of(redis, ns, "alice") == []
+    assert sorted(notifier.sent, key=lambda sent: sent[0]) == [
+        ("bob", msgspec.to_builtins(expected)), ("carol", msgspec.to_builtins(expected))]
 
 
-async def test_a_redelivered_event_never_notifies_twice(redis: aioredis.Redis, ns: str) -> None:
+async def test_a_redelivered_event_never_notifies_twice(redis: aioredis.Redis, ns: str,
+                                                       notifier: RecordingNotifier) -> None:
     await follow(redis, ns, "bob", "alice")
     card = CardAddedToLibrary(card_id="c1", curator_id="alice")
     event_id = new_event_id()
@@ -109,14 +153,17 @@ async def test_a_redelivered_event_never_notifies_twice(redis: aioredis.Redis, n
         await notifications.card_added(card, context(redis, ns, "notifications", card, event_id=event_id,
                                                      attempt=attempt))
     assert [n.event_id for n in await notifications_of(redis, ns, "bob")] == [event_id]
+    assert notifier.recipients() == {"bob": 1}
 
     other = new_event_id()  # the same data under another event id is another event
     await notifications.card_added(card, context(redis, ns, "notifications", card, event_id=other))
     assert [n.event_id for n in await notifications_of(redis, ns, "bob")] == [other, event_id]
+    assert notifier.recipients() == {"bob": 2}
 
 
-async def test_a_retried_half_done_fan_out_reaches_only_the_followers_it_missed(redis: aioredis.Redis,
-                                                                               ns: str) -> None:
+async def test_a_retried_half_done_fan_out_reaches_only_the_followers_it_missed(
+    redis: aioredis.Redis, ns: str, notifier: RecordingNotifier,
+) -> None:
     for user in ("bob", "carol", "dave"):
         await follow(redis, ns, user, "alice")
     card = CardAddedToLibrary(card_id="c1", curator_id="alice")
@@ -127,11 +174,55 @@ async def test_a_retried_half_done_fan_out_reaches_only_the_followers_it_missed(
 
     retry = context(redis, ns, "notifications", card, event_id=first.event_id, attempt=2)
     sent = await notifications.notify_followers(retry, "alice", Notification(
-        event_id=retry.event_id, type="card.added", actor_id="alice", text="t", at_ms=T0))
+        event_id=retry.event_id, type="card.added", actor_id="alice", text="t", at_ms=T0), notifier)
 
     assert sent == 2
+    assert notifier.recipients() == {"bob": 1, "dave": 1}
     for user in ("bob", "carol", "dave"):
         assert await redis.llen(notifications_key(ns, user)) == 1
+
+
+async def test_a_failed_push_leaves_no_trace_and_the_retry_resumes_there(redis: aioredis.Redis, ns: str,
+                                                                        notifier: RecordingNotifier) -> None:
+    for user in ("bob", "carol", "dave"):
+        await follow(redis, ns, user, "alice")
+    card = CardAddedToLibrary(card_id="c1", curator_id="alice")
+    first = context(redis, ns, "notifications", card)
+    notifier.failing["carol"] = Retry(delay=2.0, reason="503")
+
+    with pytest.raises(Retry) as raised:
+        await notifications.card_added(card, first)
+    assert raised.value.delay == 2.0
+    assert await redis.exists(notifications.marker_key(first, "carol")) == 0
+    assert await redis.llen(notifications_key(ns, "carol")) == 0
+
+    del notifier.failing["carol"]
+    await notifications.card_added(card, context(redis, ns, "notifications", card, event_id=first.event_id,
+                                                 attempt=2))
+    assert notifier.recipients() == {"bob": 1, "carol": 1, "dave": 1}
+    for user in ("bob", "carol", "dave"):
+        assert await redis.llen(notifications_key(ns, user)) == 1
+
+
+async def test_a_hopeless_push_dead_letters_the_event(redis: aioredis.Redis, ns: str,
+                                                      notifier: RecordingNotifier) -> None:
+    await follow(redis, ns, "bob", "alice")
+    await follow(redis, ns, "carol", "alice")
+    notifier.failing["bob"] = DeadLetter("notifier answered 400")
+    notifier.failing["carol"] = Retry(delay=1.0)
+    event = CollectionCreated(collection_id="col1", owner_id="alice", name="Jazz")
+    # Giving up wins over trying later: a retry would fail for bob again.
+    with pytest.raises(DeadLetter, match="answered 400"):
+        await notifications.collection_created(event, context(redis, ns, "notifications", event))
+
+
+def test_the_most_severe_error_decides_the_outcome() -> None:
+    boom = RuntimeError("redis went away")
+    assert notifications.most_severe([Retry(delay=1.0), boom]) is boom
+    merged = notifications.most_severe([Retry(delay=1.0), Retry(delay=3.0), Retry()])
+    assert isinstance(merged, Retry) and merged.delay == 3.0
+    merged = notifications.most_severe([Retry(), Retry()])
+    assert isinstance(merged, Retry) and merged.delay is None  # no endpoint asked: the handler's backoff decides
 
 
 async def test_markers_share_their_recipients_cluster_slot_and_expire(redis: aioredis.Redis, ns: str) -> None:
@@ -219,6 +310,64 @@ async def test_a_shared_link_that_is_not_a_web_address_is_dead_lettered(redis: a
     assert await feed_of(redis, ns, "bob") == []
 
 
+# analytics -----------------------------------------------------------------------------------------------------
+
+
+async def counters(redis: aioredis.Redis, ns: str, name: str, day: str = DAY0) -> dict[str, int]:
+    raw = await redis.hgetall(counters_key(ns, day, name))
+    return {text(k): int(v) for k, v in raw.items()}
+
+
+async def test_analytics_counts_each_type_and_user_per_day(redis: aioredis.Redis, ns: str) -> None:
+    runs: list[tuple[Callable[[Any, Context], Awaitable[None]], Event, int]] = [
+        (analytics.card_added, CardAddedToLibrary(card_id="c1", curator_id="alice"), T0),
+        (analytics.card_added, CardAddedToLibrary(card_id="c2", curator_id="alice"), T0 + 1),
+        (analytics.card_added, CardAddedToLibrary(card_id="c3", curator_id="bob"), T0 + 2),
+        (analytics.card_removed, CardRemoved(card_id="c1", curator_id="alice"), T0 + 3),
+        (analytics.url_shared, UrlShared(url="https://example.org", sharer_id="bob"), T0 + 4),
+        (analytics.collection_created, CollectionCreated(collection_id="k", owner_id="carol", name="Jazz"), T0 + 5),
+        (analytics.user_followed, UserFollowed(follower_id="bob", followee_id="alice"), T0 + 6),
+        (analytics.user_followed, UserFollowed(follower_id="carol", followee_id="carol"), T0 + 7),
+        (analytics.card_added, CardAddedToLibrary(card_id="c4", curator_id="alice"), T0 + DAY_MS),  # the next day
+    ]
+    for handler, event, at_ms in runs:
+        await handler(event, context(redis, ns, "analytics", event, at_ms=at_ms))
+
+    assert await counters(redis, ns, "events") == {"card.added": 3, "card.removed": 1, "url.shared": 1,
+                                                    "collection.created": 1, "user.followed": 2}
+    assert await counters(redis, ns, "card.added") == {"alice": 2, "bob": 1}
+    assert await counters(redis, ns, "card.removed") == {"alice": 1}
+    assert await counters(redis, ns, "url.shared") == {"bob": 1}
+    assert await counters(redis, ns, "collection.created") == {"carol": 1}
+    assert await counters(redis, ns, "user.followed") == {"bob": 1, "carol": 1}
+    assert await counters(redis, ns, "followers-gained") == {"alice": 1}  # a self-follow gains nobody anything
+    assert await counters(redis, ns, "events", day="2023-11-15") == {"card.added": 1}
+    assert await counters(redis, ns, "card.added", day="2023-11-15") == {"alice": 1}
+    ttl = await redis.ttl(counters_key(ns, DAY0, "card.added"))
+    assert analytics.KEPT_DAYS * 86_400 - 60 < ttl <= analytics.KEPT_DAYS * 86_400
+
+
+async def test_analytics_counts_a_redelivered_event_once(redis: aioredis.Redis, ns: str) -> None:
+    follow_event = UserFollowed(follower_id="bob", followee_id="alice")
+    event_id = new_event_id()
+    for attempt in (1, 2, 3):  # a crash before the ack, a lost lease, a re-publish: same event id
+        ctx = context(redis, ns, "analytics", follow_event, event_id=event_id, attempt=attempt)
+        assert await analytics.count_once(ctx, "bob", [(analytics.FOLLOWERS_GAINED, "alice")]) is (attempt == 1)
+    await analytics.user_followed(follow_event, context(redis, ns, "analytics", follow_event))  # another event
+
+    assert await counters(redis, ns, "events") == {"user.followed": 2}
+    assert await counters(redis, ns, "user.followed") == {"bob": 2}
+    assert await counters(redis, ns, "followers-gained") == {"alice": 2}
+
+
+async def test_analytics_keys_of_one_event_share_a_cluster_slot(redis: aioredis.Redis, ns: str) -> None:
+    event = UserFollowed(follower_id="bob", followee_id="alice")
+    ctx = context(redis, ns, "analytics", event)
+    slots = {key_slot(ctx.idempotency_key(f"{{{DAY0}}}"))}
+    slots |= {key_slot(counters_key(ns, DAY0, name)) for name in ("events", "user.followed", "followers-gained")}
+    assert len(slots) == 1
+
+
 # The whole app through a worker --------------------------------------------------------------------------------
 
 
@@ -230,7 +379,8 @@ def rebound(app: App, target: App) -> App:
     return target
 
 
-async def test_the_app_end_to_end_through_a_worker(redis: aioredis.Redis, ns: str, redis_url: str) -> None:
+async def test_the_app_end_to_end_through_a_worker(redis: aioredis.Redis, ns: str, redis_url: str,
+                                                   notifier: RecordingNotifier) -> None:
     async with open_app(ns, redis_url) as test_app:
         rebound(social_app, test_app)
         await test_app.publish_many([UserFollowed(follower_id=u, followee_id="alice") for u in ("bob", "carol")])
@@ -247,6 +397,13 @@ async def test_the_app_end_to_end_through_a_worker(redis: aioredis.Redis, ns: st
                 sizes += [await redis.llen(notifications_key(ns, u)) for u in ("bob", "carol")]
                 return sizes == [20, 20, 20, 20]
 
+            async def counted() -> bool:
+                return (await counters(redis, ns, "card.added", day=today)).get("alice") == 20
+
+            today = datetime.now(UTC).date().isoformat()
             await worker.wait_for(fanned_out)
+            await worker.wait_for(counted)
         assert set(await feed_of(redis, ns, "bob")) == ids
         assert {n.event_id for n in await notifications_of(redis, ns, "carol")} == ids
+        assert notifier.recipients() == {"bob": 20, "carol": 20}
+        assert await counters(redis, ns, "followers-gained", day=today) == {"alice": 2}
