@@ -35,7 +35,10 @@ class Services:
 notifier_settings = NotifierSettings.from_env(os.environ)
 sink_settings = SinkSettings.from_env(os.environ)
 # HttpNotifier opens its HTTP session on first use, inside the worker's event loop, so building it here is free.
-services = Services(notifier=HttpNotifier(notifier_settings))
+http_notifier = HttpNotifier(notifier_settings)
+services = Services(notifier=http_notifier)
+# The worker closes the notifier's session after its groups have drained.
+app.worker_resources.append(http_notifier.open)
 
 # `streamproc dev handlers.app:app` starts a notification sink and points the workers' NOTIFIER_URL at it.
 app.dev_services.append(lambda: sink_service(sink_settings))

@@ -13,8 +13,9 @@ and a token bucket that caps its sends per second across every handler of that p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -131,19 +132,14 @@ class HttpNotifier:
         self.settings = settings
         self.bucket = TokenBucket(settings.rate, settings.burst)
         self._session: aiohttp.ClientSession | None = None
-        self._closer: asyncio.Task[None] | None = None
 
     def _client(self) -> aiohttp.ClientSession:
         # Created on first use, not at import: a session belongs to the event loop it was made in, and the
         # worker's loop only exists inside the worker process.
         if self._session is None or self._session.closed:
-            session = self._session = aiohttp.ClientSession(
+            self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.settings.timeout_s),
                 connector=aiohttp.TCPConnector(limit=self.settings.max_connections))
-            # Nothing tells a handler's clients that the worker is stopping (streamproc has no shutdown hook for
-            # them yet). The event loop's own end does: it cancels every task still there, and this one then
-            # closes the session, instead of leaving "Unclosed client session" errors in the worker's log.
-            self._closer = asyncio.get_running_loop().create_task(_close_when_cancelled(session))
         return self._session
 
     async def send(self, recipient: str, payload: Mapping[str, object]) -> None:
@@ -164,15 +160,14 @@ class HttpNotifier:
             raise Retry(reason=f"notifier unreachable: {type(exc).__name__}: {exc}") from exc
 
     async def aclose(self) -> None:
-        if self._closer is not None:
-            self._closer.cancel()
         if self._session is not None:
             await self._session.close()
-        self._session, self._closer = None, None
+        self._session = None
 
-
-async def _close_when_cancelled(session: aiohttp.ClientSession) -> None:
-    try:
-        await asyncio.get_running_loop().create_future()  # never done: waits for the loop's final cancellation
-    finally:
-        await session.close()
+    @contextlib.asynccontextmanager
+    async def open(self) -> AsyncIterator[HttpNotifier]:
+        """For `app.worker_resources`: the session is closed when the worker has drained."""
+        try:
+            yield self
+        finally:
+            await self.aclose()

@@ -4,7 +4,16 @@ from .app import App, Handler
 from .backoff import Backoff
 from .context import Context
 from .deadletter import DeadLettered, read_deadletters
-from .errors import BacklogFull, ConfigError, DeadLetter, DecodeError, PublishError, Retry, StreamprocError
+from .errors import (
+    BacklogFull,
+    ConfigError,
+    DeadLetter,
+    DecodeError,
+    InvalidEvent,
+    PublishError,
+    Retry,
+    StreamprocError,
+)
 from .event import Event, new_event_id, partition_of
 from .keys import PartitionKeys, key_slot
 from .publish import Outgoing, Published
@@ -22,6 +31,7 @@ __all__ = [
     "DecodeError",
     "Event",
     "Handler",
+    "InvalidEvent",
     "Outgoing",
     "PartitionKeys",
     "PublishError",

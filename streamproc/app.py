@@ -11,6 +11,7 @@ from typing import Any, Generic, TypeVar
 import redis.asyncio as aioredis
 
 from .backoff import Backoff
+from .coalesce import Coalescer
 from .codec import EventCodec
 from .context import Context
 from .errors import ConfigError
@@ -23,6 +24,9 @@ from .topology import StartAt, Topology, TypeRoute
 
 E = TypeVar("E", bound=Event)
 HandlerFn = Callable[[E, Context], Coroutine[Any, Any, None]]  # an `async def`
+# Something handlers use in a worker process (an HTTP session, a client pool): opened when the worker starts and
+# closed after its groups have drained, so handlers never see it closed under them.
+WorkerResource = Callable[[], AbstractAsyncContextManager[object]]
 # A service `streamproc dev` runs beside the app (e.g. a fake notification endpoint); it yields environment
 # variables for the worker processes (e.g. the endpoint's URL).
 DevService = Callable[[], AbstractAsyncContextManager[Mapping[str, str]]]
@@ -59,8 +63,10 @@ class App:
         self.handlers: list[Handler[Any]] = []
         self.instruments = Instruments()
         self.dev_services: list[DevService] = []
+        self.worker_resources: list[WorkerResource] = []
         self._redis: aioredis.Redis | None = None
         self._publisher: Publisher | None = None
+        self._coalescer: Coalescer | None = None
 
     def register(self, *event_types: type[Event]) -> None:
         """Declare event types that this app publishes or accepts even without a handler here."""
@@ -129,8 +135,13 @@ class App:
 
     async def publish(self, event: Event, *, event_id: str | None = None,
                       partition_key: str | None = None) -> Published:
-        """Append one event. Give `event_id` to make re-publishing it within the dedup window a no-op."""
-        return (await self.publisher.publish_many([Outgoing(event, event_id, partition_key)]))[0]
+        """Append one event. Give `event_id` to make re-publishing it within the dedup window a no-op.
+
+        Concurrent calls share pipelined round trips: a call waits at most for the append in flight before it."""
+        prepared = self.publisher.prepare([Outgoing(event, event_id, partition_key)])
+        if self._coalescer is None:
+            self._coalescer = Coalescer(self.publisher, self.settings.ingest_coalesce_max, atomic=False)
+        return (await self._coalescer.submit(prepared))[0]
 
     async def publish_many(self, events: Iterable[Event | Outgoing], *, atomic: bool = False) -> list[Published]:
         """Append many events in one pipelined round trip. With `atomic`, in one MULTI/EXEC: all or none
@@ -138,6 +149,9 @@ class App:
         return await self.publisher.publish_many(events, atomic=atomic)
 
     async def aclose(self) -> None:
+        if self._coalescer is not None:
+            await self._coalescer.close()
+            self._coalescer = None
         if self._redis is not None:
             await self._redis.aclose()
         self._redis = None

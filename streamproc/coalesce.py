@@ -9,7 +9,7 @@ that write to it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+from collections import deque
 from dataclasses import dataclass, field
 
 from redis.exceptions import RedisError
@@ -25,17 +25,23 @@ class _Request:
 
 
 class Coalescer:
-    def __init__(self, publisher: Publisher, max_events: int) -> None:
+    """Shares appends between concurrent callers. `atomic`: each flush is one MULTI/EXEC (ingest requests must be
+    all-or-nothing); without it, a plain pipeline (`App.publish` from many tasks)."""
+
+    def __init__(self, publisher: Publisher, max_events: int, atomic: bool = True) -> None:
         self.publisher = publisher
         self.max_events = max_events
-        self._queue: list[_Request] = []
+        self.atomic = atomic
+        self._queue: deque[_Request] = deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
 
     async def submit(self, prepared: list[Prepared]) -> list[Published]:
         """Append a request's events (all or none) together with whatever else is waiting."""
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="ingest-coalescer")
+            self._closing = False
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="coalescer")
         request = _Request(prepared)
         self._queue.append(request)
         self._wakeup.set()
@@ -45,7 +51,7 @@ class Coalescer:
         taken: list[_Request] = []
         size = 0
         while self._queue and (not taken or size + len(self._queue[0].prepared) <= self.max_events):
-            request = self._queue.pop(0)
+            request = self._queue.popleft()
             taken.append(request)
             size += len(request.prepared)
         return taken
@@ -56,11 +62,13 @@ class Coalescer:
             self._wakeup.clear()
             while self._queue:
                 await self._flush(self._take())
+            if self._closing:
+                return
 
     async def _flush(self, batch: list[_Request]) -> None:
         batch = await self._refuse_full(batch)
         try:
-            results = await self.publisher.send([p for r in batch for p in r.prepared], atomic=True)
+            results = await self.publisher.send([p for r in batch for p in r.prepared], atomic=self.atomic)
         except Exception as exc:  # every request of the batch gets the error; none of them was appended
             for r in batch:
                 _fail(r, exc)
@@ -89,14 +97,13 @@ class Coalescer:
         return accepted
 
     async def close(self) -> None:
-        """Send what is queued, then stop the flusher."""
-        while self._queue:
-            await self._flush(self._take())
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """Send what is queued (letting an append in progress finish, never cancelling it), then stop."""
+        if self._task is None:
+            return
+        self._closing = True
+        self._wakeup.set()
+        await self._task
+        self._task = None
 
 
 def _fail(request: _Request, error: BaseException) -> None:

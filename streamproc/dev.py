@@ -31,12 +31,14 @@ def _redis(url: str | None) -> Iterator[str]:
         yield server.url
 
 
-def worker_command(app_path: str, redis_url: str, processes: int, metrics_port: int) -> list[str]:
-    return [sys.executable, "-m", "streamproc", "worker", app_path, "--processes", str(processes),
-            "--redis-url", redis_url, "--metrics-port", str(metrics_port)]
+def worker_command(args: argparse.Namespace, redis_url: str) -> list[str]:
+    return [sys.executable, "-m", "streamproc", "worker", args.app, "--processes", str(args.processes),
+            "--redis-url", redis_url, "--metrics-port", str(args.metrics_port), "--log-level", args.log_level,
+            "--log-format", args.log_format]
 
 
-async def _run(app: App, args: argparse.Namespace, redis_url: str) -> None:
+async def _run(app: App, args: argparse.Namespace, redis_url: str) -> int:
+    """Serve until Ctrl-C/SIGTERM; returns the workers' exit status (0 when they stopped cleanly)."""
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -45,21 +47,27 @@ async def _run(app: App, args: argparse.Namespace, redis_url: str) -> None:
         env = dict(os.environ)
         for service in app.dev_services:
             env.update(await stack.enter_async_context(service()))
-        command = worker_command(args.app, redis_url, args.processes, args.metrics_port)
+        command = worker_command(args, redis_url)
         # A session of its own: the terminal's Ctrl-C reaches only us, and we forward it once, as SIGTERM.
         worker = await asyncio.create_subprocess_exec(*command, env=env, start_new_session=True)
-        try:
-            print(f"redis    {redis_url}\ningest   http://127.0.0.1:{args.port}/v1/events  (auth off)\n"
+        def listening(port: int) -> None:
+            print(f"redis    {redis_url}\ningest   http://127.0.0.1:{port}/v1/events  (auth off)\n"
                   f"metrics  http://127.0.0.1:{args.metrics_port}/metrics (workers), "
-                  f"http://127.0.0.1:{args.port}/metrics (ingest)\nCtrl-C stops everything.", flush=True)
-            await serve_ingest(app, "127.0.0.1", args.port, stopping)
+                  f"http://127.0.0.1:{port}/metrics (ingest)\nCtrl-C stops everything.", flush=True)
+
+        try:
+            await serve_ingest(app, "127.0.0.1", args.port, stopping, started=listening)
         finally:
-            worker.send_signal(signal.SIGTERM)
+            if worker.returncode is None:
+                worker.send_signal(signal.SIGTERM)
             try:
                 async with asyncio.timeout(app.settings.grace_period_s + 10):
                     await worker.wait()
             except TimeoutError:
                 worker.kill()
+        if worker.returncode != 0:
+            log.error("workers exited with status %s", worker.returncode)
+        return 0 if worker.returncode == 0 else 1
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -68,6 +76,6 @@ def cmd_dev(args: argparse.Namespace) -> int:
         app = prepared_app(spec)
         app.settings = app.settings.replace(redis_url=redis_url, ingest_auth_disabled=True)
         instrument(app, "ingest")
-        uvloop.run(_run(app, args, redis_url))
+        status = uvloop.run(_run(app, args, redis_url))
     log.info("dev stopped")
-    return 0
+    return status

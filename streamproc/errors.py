@@ -13,6 +13,10 @@ class ConfigError(StreamprocError):
     """The app, a handler or a setting is declared wrongly (raised at start-up, not per event)."""
 
 
+class InvalidEvent(StreamprocError):
+    """An event (or its id) that cannot be published as given; fix the input, retrying will not help."""
+
+
 class PublishError(StreamprocError):
     """Redis did not accept the event; nothing was appended. Safe to retry with the same event id."""
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import random
+import re
 import time
 import zlib
 from typing import Any, ClassVar, dataclass_transform
 
 import msgspec
 
-from .errors import ConfigError
+from .errors import ConfigError, InvalidEvent
 
 
 @dataclass_transform(frozen_default=True, kw_only_default=True, field_specifiers=(msgspec.field,))
@@ -58,6 +59,15 @@ def partition_of(event: Event, override: str | None = None) -> int:
 
 
 _rand = random.Random()
+# Producer-given event ids become part of Redis keys (dedup, idempotency): no braces (they would change the
+# Cluster hash tag), no spaces or control characters, at most 200 characters.
+EVENT_ID_PATTERN = re.compile(r"[A-Za-z0-9._:@/+=-]{1,200}")
+
+
+def check_event_id(event_id: str) -> str:
+    if not isinstance(event_id, str) or not EVENT_ID_PATTERN.fullmatch(event_id):
+        raise InvalidEvent(f"event id {event_id!r} must be 1-200 characters of A-Z a-z 0-9 . _ : @ / + = -")
+    return event_id
 
 
 def new_event_id() -> str:

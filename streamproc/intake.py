@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from .event import Event
+from .event import EVENT_ID_PATTERN, Event
 from .publish import Outgoing
 from .topology import Topology
 
@@ -78,6 +78,8 @@ def _convert(topology: Topology, index: int, item: Any) -> tuple[Outgoing | None
     for key, value in options.items():
         if value is not None and (not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH):
             return None, _item_error(index, f"$.{key}", f"must be a non-empty string of at most {MAX_ID_LENGTH}")
+    if options.get("id") is not None and not EVENT_ID_PATTERN.fullmatch(options["id"]):
+        return None, _item_error(index, "$.id", "must be 1-200 characters of A-Z a-z 0-9 . _ : @ / + = -")
     try:
         event = _to_event(item, route.event_type)
     except msgspec.ValidationError as exc:

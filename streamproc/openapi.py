@@ -6,6 +6,7 @@ from typing import Any
 
 import msgspec
 
+from .event import EVENT_ID_PATTERN
 from .intake import JSON, MAX_ID_LENGTH, MAX_INT, MIN_INT
 from .topology import Topology
 
@@ -40,7 +41,7 @@ def _event_schemas(topology: Topology) -> dict[str, Any]:
     for route in topology.by_tag.values():
         schema = components[route.event_type.__name__]
         # null is accepted as "not given" by ingest (intake._convert), so the contract allows it too
-        schema["properties"]["id"] = {"type": ["string", "null"], "minLength": 1, "maxLength": MAX_ID_LENGTH,
+        schema["properties"]["id"] = {"type": ["string", "null"], "pattern": f"^{EVENT_ID_PATTERN.pattern}$",
                                       "description": "event id; publishing the same id twice appends once"}
         schema["properties"]["partition_key"] = {"type": ["string", "null"], "minLength": 1,
                                                  "maxLength": MAX_ID_LENGTH}

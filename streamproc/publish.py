@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 
 from .codec import TRACEPARENT, encode_event, entry_fields
 from .errors import BacklogFull, PublishError
-from .event import Event, new_event_id, partition_of
+from .event import Event, check_event_id, new_event_id, partition_of
 from .groups import ensure_groups
 from .instruments import Instruments
 from .keys import PartitionKeys
@@ -115,7 +115,7 @@ class Publisher:
     def _prepare(self, out: Outgoing) -> Prepared:
         route = self._topology.route(type(out.event))
         keys = route.partitions[partition_of(out.event, out.partition_key)]
-        event_id = out.event_id or new_event_id()
+        event_id = check_event_id(out.event_id) if out.event_id is not None else new_event_id()
         fields = entry_fields(event_id, route.tag, time.time_ns() // 1_000_000, encode_event(out.event))
         prepared = Prepared(keys, route, event_id, fields, dedup=out.event_id is not None)
         tracing = self._instruments.tracing

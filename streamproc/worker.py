@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -182,6 +183,8 @@ class GroupWorker:
         if self.held:
             lost = await self.settler.heartbeat(list(self.held.values()), self.settings.lease_ms)
             for d in lost:
+                if d.held_key not in self.held:
+                    continue  # settled while the heartbeat was on its way: not lost, just done
                 log.warning("%s lost the lease of %s %s (another consumer took it); it may run twice",
                             self.group, d.keys.stream, d.entry_id.decode())
         return self.settings.lease_ms / 3000
@@ -207,7 +210,9 @@ async def run_worker(app: App, stopping: asyncio.Event, groups: list[str] | None
     await ensure_groups(app.redis, wanted)
     workers = [GroupWorker(app, g, by_group[g], consumer, concurrency) for g in chosen]
     log.info("worker %s running groups %s", consumer, chosen)
-    async with asyncio.TaskGroup() as tg:
+    async with contextlib.AsyncExitStack() as resources, asyncio.TaskGroup() as tg:
+        for resource in app.worker_resources:
+            await resources.enter_async_context(resource())
         for w in workers:
             tg.create_task(w.run())
         tg.create_task(maintain(app, consumer, stopping))

@@ -218,6 +218,18 @@ async def test_unknown_or_missing_type_is_422_listing_known_types(ns: str, redis
                 assert error["message"] == "each event must be an object"
 
 
+async def test_event_id_that_would_break_key_layout_is_422(ns: str, redis_url: str, redis: aioredis.Redis,
+                                                            client: aiohttp.ClientSession) -> None:
+    app = make_app(ns, redis_url)
+    async with serving(app) as server:
+        before = await xlen(redis, app, CardAdded)
+        for bad in ("a{b}", "has space", "x" * 201):
+            _, answer, resp = await post(client, server, [{**card(1), "id": bad}])
+            assert_problem(resp, answer, 422)
+            assert answer["errors"][0]["path"] == "$[0].id"
+        assert await xlen(redis, app, CardAdded) == before
+
+
 async def test_batch_with_one_bad_item_appends_nothing(ns: str, redis_url: str, redis: aioredis.Redis,
                                                        client: aiohttp.ClientSession) -> None:
     app = make_app(ns, redis_url)

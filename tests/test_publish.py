@@ -9,7 +9,16 @@ import time
 import pytest
 import redis.asyncio as aioredis
 
-from streamproc import BacklogFull, Context, Event, Outgoing, PublishError, new_event_id, partition_of
+from streamproc import (
+    BacklogFull,
+    Context,
+    Event,
+    InvalidEvent,
+    Outgoing,
+    PublishError,
+    new_event_id,
+    partition_of,
+)
 from tests.inproc import Calls, handler_recording, open_app, partition, running, settled
 from tests.redis_server import RedisServer
 
@@ -161,3 +170,13 @@ async def test_publisher_recreates_groups_after_redis_lost_its_data(ns: str, fre
         assert group["name"] == b"g"
         async with running(app) as worker:
             await worker.wait_for(lambda: {p.event_id for p in lost_data} <= set(calls.of("g")))
+
+
+async def test_producer_event_id_with_braces_or_spaces_is_refused(ns: str, redis_url: str,
+                                                                  redis: aioredis.Redis) -> None:
+    async with open_app(ns, redis_url) as app:
+        app.register(CardAdded)
+        for bad in ("a{b}", "two words", ""):
+            with pytest.raises(InvalidEvent, match="event id"):
+                await app.publish(CardAdded(card_id="c", curator_id="u"), event_id=bad)
+        assert (await app.publish(CardAdded(card_id="c", curator_id="u"), event_id="order-1:v2")).appended
