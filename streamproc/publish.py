@@ -19,6 +19,7 @@ from .event import Event, check_event_id, new_event_id, partition_of
 from .groups import ensure_groups
 from .instruments import Instruments
 from .keys import PartitionKeys
+from .resp import pack_fields, xadd_prefix
 from .scripts import PUBLISH_ONCE
 from .settings import Settings
 from .topology import Topology, TypeRoute
@@ -66,6 +67,7 @@ class Publisher:
         self._settings = settings
         self._ready: set[str] = set()
         self._backlog_checked: dict[str, tuple[float, int]] = {}
+        self._prefixes: dict[tuple[str, int, bool], bytes] = {}
         self._publish_once = redis.register_script(PUBLISH_ONCE)
 
     async def publish_many(self, items: Iterable[Event | Outgoing], atomic: bool = False) -> list[Published]:
@@ -146,6 +148,8 @@ class Publisher:
         return replies
 
     async def _append(self, prepared: list[Prepared], atomic: bool) -> list[object]:
+        if not atomic and not any(p.dedup for p in prepared):
+            return await self._append_packed(prepared)
         window = self._settings.dedup_window_ms
         async with self._redis.pipeline(transaction=atomic) as pipe:
             for p in prepared:
@@ -157,6 +161,28 @@ class Publisher:
                     pipe.xadd(p.keys.stream, p.fields, nomkstream=nomkstream)  # type: ignore[arg-type]
             replies: list[object] = await pipe.execute(raise_on_error=True)
         return replies
+
+    async def _append_packed(self, prepared: list[Prepared]) -> list[object]:
+        """Plain appends, packed by hand (see resp.py) and written at once on one pooled connection."""
+        payload = b"".join(self._prefix(p) + pack_fields(p.fields) for p in prepared)
+        pool = self._redis.connection_pool
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await conn.send_packed_command(payload)
+            # An error reply raises here; the replies after it are unread, so the connection is dropped below.
+            return [await conn.read_response() for _ in prepared]
+        except BaseException:
+            await conn.disconnect()
+            raise
+        finally:
+            await pool.release(conn)
+
+    def _prefix(self, p: Prepared) -> bytes:
+        key = (p.keys.stream, len(p.fields), bool(p.route.groups))  # NOMKSTREAM iff it has groups: _append_all
+        prefix = self._prefixes.get(key)
+        if prefix is None:
+            prefix = self._prefixes[key] = xadd_prefix(*key)
+        return prefix
 
     async def check_backlog(self, streams: set[str]) -> None:
         """Raise BacklogFull if any of the streams is over its backlog limit (checks are cached briefly)."""

@@ -180,3 +180,13 @@ async def test_producer_event_id_with_braces_or_spaces_is_refused(ns: str, redis
             with pytest.raises(InvalidEvent, match="event id"):
                 await app.publish(CardAdded(card_id="c", curator_id="u"), event_id=bad)
         assert (await app.publish(CardAdded(card_id="c", curator_id="u"), event_id="order-1:v2")).appended
+
+
+async def test_type_without_groups_is_published_and_read_back(ns: str, redis_url: str,
+                                                              redis: aioredis.Redis) -> None:
+    """A type nobody consumes yet still gets its stream (plain XADD; NOMKSTREAM is only for streams with groups)."""
+    async with open_app(ns, redis_url) as app:
+        published = await app.publish_many(cards(3))
+        entries = await redis.xrange(published[0].stream)
+        assert [e[0].decode() for e in entries] == [p.stream_id for p in published]
+        assert [e[1][b"event_id"].decode() for e in entries] == [p.event_id for p in published]
