@@ -2,9 +2,6 @@
 
 Each type is one stream per partition. `card.added` is the busiest type, so it is split into 4 partitions by
 curator: the cards of one curator stay in order, and different curators are processed in parallel.
-
-`Event` is frozen, and so is every subclass at run time; `frozen=True` repeats it for the type checker, which
-does not yet see it inherited.
 """
 
 from __future__ import annotations
@@ -14,7 +11,7 @@ from typing import ClassVar
 from streamproc import Event
 
 
-class CardAddedToLibrary(Event, tag="card.added", frozen=True):
+class CardAddedToLibrary(Event, tag="card.added"):
     """A curator saved a card (a link, a note) to their library."""
 
     partitions: ClassVar[int] = 4
@@ -26,14 +23,14 @@ class CardAddedToLibrary(Event, tag="card.added", frozen=True):
     title: str | None = None
 
 
-class CardRemoved(Event, tag="card.removed", frozen=True):
+class CardRemoved(Event, tag="card.removed"):
     """A curator removed a card from their library."""
 
     card_id: str
     curator_id: str
 
 
-class UrlShared(Event, tag="url.shared", frozen=True):
+class UrlShared(Event, tag="url.shared"):
     """Someone shared a web address with their followers."""
 
     url: str
@@ -41,7 +38,7 @@ class UrlShared(Event, tag="url.shared", frozen=True):
     comment: str | None = None
 
 
-class CollectionCreated(Event, tag="collection.created", frozen=True):
+class CollectionCreated(Event, tag="collection.created"):
     """A curator started a new collection of cards."""
 
     collection_id: str
@@ -49,7 +46,7 @@ class CollectionCreated(Event, tag="collection.created", frozen=True):
     name: str
 
 
-class UserFollowed(Event, tag="user.followed", frozen=True):
+class UserFollowed(Event, tag="user.followed"):
     """`follower_id` now follows `followee_id`."""
 
     follower_id: str
