@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import os
 import signal
 import sys
@@ -89,13 +90,15 @@ def _spec(args: argparse.Namespace) -> WorkerSpec:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     spec = _spec(args)
-    if args.inline:
-        run_child(spec, serve_metrics=True)
-        return 0
-    app = prepared_app(spec)  # fail fast here on a bad import path or unknown group, not in every child
+    # Fail fast here on a bad import path or unknown group (exit 2, one line), not in every child, and not with a
+    # traceback from inside the worker under --inline.
+    app = prepared_app(spec)
     unknown = set(spec.groups) - set(app.groups())
     if unknown:
         raise StreamprocError(f"no handlers for group(s) {sorted(unknown)}; known: {sorted(app.groups())}")
+    if args.inline:
+        run_child(spec, serve_metrics=True)
+        return 0
     processes = args.processes or app.settings.processes or os.cpu_count() or 1
     supervisor = Supervisor(spec, processes, app.settings.grace_period_s)
     if app.settings.metrics_port:
@@ -134,12 +137,20 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
 
     entries = asyncio.run(read())
     if args.json:
-        rows = [{**msgspec.structs.asdict(d), "fields": {k.decode(errors="replace"): v.decode(errors="replace")
+        rows = [{**msgspec.structs.asdict(d), "fields": {k.decode(errors="replace"): _json_value(v)
                                                           for k, v in d.fields.items()}} for d in entries]
         sys.stdout.write(msgspec.json.encode(rows).decode() + "\n")
     else:
         _print_table(entries)
     return 0
+
+
+def _json_value(value: bytes) -> str | dict[str, str]:
+    """Text as text; anything else (msgpack event data, garbage) losslessly as {"base64": ...}."""
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        return {"base64": base64.b64encode(value).decode()}
 
 
 def _print_table(entries: list[DeadLettered]) -> None:

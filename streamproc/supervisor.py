@@ -53,7 +53,17 @@ def load_app(path: str) -> App:
         raise ConfigError(f"expected MODULE:ATTRIBUTE, got {path!r}")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    app = getattr(importlib.import_module(module_name), attr, None)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        # A module path that does not exist is a usage error (exit 2, one line); an import failing inside the
+        # module is a bug there and keeps its traceback.
+        if exc.name is None or not (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise
+        raise ConfigError(f"cannot import {module_name!r} (from {path!r}): {exc}") from None
+    if not hasattr(module, attr):
+        raise ConfigError(f"module {module_name!r} has no attribute {attr!r} (from {path!r})")
+    app = getattr(module, attr)
     if not isinstance(app, App):
         raise ConfigError(f"{path} is not a streamproc App (got {type(app).__name__})")
     return app

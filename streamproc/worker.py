@@ -32,6 +32,10 @@ from .settle import Settler
 log = logging.getLogger(__name__)
 
 
+# After the grace period, how long cancelled handlers get to unwind before the worker stops without them.
+CANCEL_WAIT_S = 5.0
+
+
 def consumer_name() -> str:
     """Names the host and process, plus a random suffix so a restarted process with a reused pid is distinct."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -97,7 +101,8 @@ class GroupWorker:
             if task is not None:
                 self.running.discard(task)
             self._release(d)
-            self._pump()
+            if not self._closed.is_set() and task is not None and not task.cancelling():
+                self._pump()  # not while the group is going down: its TaskGroup takes no new tasks then
 
     def _release(self, d: Delivery) -> None:
         self.held.pop(d.held_key, None)
@@ -141,13 +146,13 @@ class GroupWorker:
         if late:
             log.warning("%s: %d handler(s) still running after the grace period; leaving their entries pending",
                         self.group, len(late))
-            # Cancel until they are gone, not once: on Python 3.11, asyncio.wait_for (which redis-py >= 8 uses to
-            # send every command, as it sets a socket timeout by default) swallows a cancellation that arrives as
-            # the send completes, and the handler would run on, holding up the stop for good.
-            while late:
-                for task in late:
-                    task.cancel()
-                _, late = await asyncio.wait(late, timeout=0.1)
+            for task in late:
+                task.cancel()
+            # A handler may swallow its cancellation (code under asyncio.wait_for on Python 3.11 can): give it a
+            # moment, then stop anyway. Its entry stays pending either way, so nothing is lost by not waiting.
+            _, stubborn = await asyncio.wait(late, timeout=CANCEL_WAIT_S)
+            if stubborn:
+                log.error("%s: %d handler(s) ignored cancellation; stopping without them", self.group, len(stubborn))
 
     async def _read_step(self) -> float:
         if not self._space.is_set():

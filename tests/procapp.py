@@ -31,8 +31,6 @@ redis.call('RPUSH', KEYS[4], ARGV[1] .. ':' .. ARGV[2])
 return runs
 """
 
-RELEASE_POLL_S = 0.01
-
 
 class Work(Event, tag="proc.work"):
     """Ordinary work: `pause` seconds of pretend I/O."""
@@ -48,7 +46,10 @@ class Slow(Event, tag="proc.slow"):
 
 
 class Hold(Event, tag="proc.hold"):
-    """Runs until the test releases it (see the module docstring)."""
+    """Runs until the test releases it (see the module docstring), asking Redis every `poll` seconds (0: without
+    pause, so that the handler is nearly always in the middle of a Redis command)."""
+
+    poll: float = 0.01
 
 
 class Fail(Event, tag="proc.fail"):
@@ -119,7 +120,7 @@ def make_app(ns: str, settings: Settings | None = None) -> App:
             while True:  # polls Redis: the release comes from another process
                 if await rec.released(ctx.redis, ctx.event_id):
                     break
-                await asyncio.sleep(RELEASE_POLL_S)
+                await asyncio.sleep(event.poll)
             ok = True
         finally:
             await rec.end(ctx.redis, ctx.event_id, ok)

@@ -7,7 +7,9 @@ and every process a test starts is killed (with its process group) when the test
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import inspect
 import json
 import os
 import signal
@@ -15,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ import redis.asyncio as aioredis
 
 from streamproc import App, Outgoing, PublishError, Settings, new_event_id, read_deadletters
 from streamproc.keys import PartitionKeys
-from tests.helpers import wait_for
+from tests.helpers import Predicate, wait_for
 from tests.procapp import CRASH_MAX_DELIVERIES, FAIL_MAX_ATTEMPTS, Crash, Fail, Hold, Slow, Work, make_app
 from tests.redis_server import RedisServer
 
@@ -90,16 +92,34 @@ class Procs:
     def log_of(self, proc: subprocess.Popen[bytes]) -> str:
         return next(log.read_text(errors="replace") for p, log in self.started if p is proc)
 
+    def tails(self) -> str:
+        """The end of every process's output, for failure messages."""
+        return "\n".join(f"--- {' '.join(map(str, p.args[3:]))} (pid {p.pid}, exit {p.poll()}):\n"
+                         f"{log.read_text(errors='replace')[-3000:]}" for p, log in self.started)
+
+    async def wait(self, predicate: Predicate, timeout: float, message: str,  # noqa: ASYNC109 - polled deadline
+                   alive: Iterable[subprocess.Popen[bytes]] = ()) -> object:
+        """wait_for, failing at once if one of the `alive` processes exits, and with every process's output."""
+        must_live = list(alive)
+
+        async def checked() -> object:
+            for proc in must_live:
+                assert proc.poll() is None, f"process {proc.pid} exited with {proc.returncode} ({message})"
+            value = predicate()
+            return (await value) if inspect.isawaitable(value) else value
+
+        try:
+            return await wait_for(checked, timeout, message=message)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.tails()}") from None
+
     async def ready(self, proc: subprocess.Popen[bytes], workers: int = 1) -> None:
         """Wait until `workers` worker processes of `proc` (itself, or a supervisor's children) are reading.
 
         (Redis 7.0 creates a consumer only when it first reads an entry, so XINFO CONSUMERS cannot tell.)"""
 
-        def reading() -> bool:
-            assert proc.poll() is None, f"process exited with {proc.returncode}:\n{self.log_of(proc)}"
-            return self.log_of(proc).count(" running groups ") >= workers
-
-        await wait_for(reading, timeout=START_S, message=f"{workers} worker(s) of {proc.pid} reading")
+        await self.wait(lambda: self.log_of(proc).count(" running groups ") >= workers, START_S,
+                        f"{workers} worker(s) of {proc.pid} reading", alive=[proc])
 
     def cleanup(self) -> None:
         for proc, _ in self.started:
@@ -169,10 +189,6 @@ async def pending(redis: aioredis.Redis, stream: str, group: str) -> dict[str, i
     return {c["name"].decode(): int(c["pending"]) for c in info["consumers"]}
 
 
-async def pending_ids(redis: aioredis.Redis, stream: str, group: str) -> set[bytes]:
-    return {p["message_id"] for p in await redis.xpending_range(stream, group, "-", "+", 10_000)}
-
-
 async def consumers(redis: aioredis.Redis, stream: str, group: str) -> list[str]:
     try:
         return [c["name"].decode() for c in await redis.xinfo_consumers(stream, group)]
@@ -232,22 +248,21 @@ async def test_sigkill_of_one_worker_mid_batch_loses_nothing(
         both_busy = held and owned_by(by_consumer, survivor.pid)
         return held if both_busy and 500 <= await records.done_count() <= total - 1_500 else 0
 
-    held_at_kill = await wait_for(victim_mid_batch, timeout=START_S + 20, interval=0.005)
+    held_at_kill = await procs.wait(victim_mid_batch, START_S + 20, "the victim mid-batch", alive=[victim, survivor])
     os.kill(victim.pid, signal.SIGKILL)
     assert await exited(victim, 5) == -signal.SIGKILL
 
-    await wait_for(lambda: _count_is(records, total), timeout=60, message=f"{total} events done")
+    await procs.wait(lambda: _count_is(records, total), 60, f"all {total} events done", alive=[survivor])
     assert await records.done() == set(ids)
-    await wait_for(lambda: _no_pending(redis, stream, "work"), timeout=10, message="every entry acked")
+    await procs.wait(lambda: _no_pending(redis, stream, "work"), 10, "every entry acked", alive=[survivor])
     runs = await records.runs()
     assert set(runs) == set(ids)
     duplicates = sum(1 for n in runs.values() if n > 1)
     with capsys.disabled():
-        print(f"\nduplicates: {duplicates} (victim held {held_at_kill} entries just before SIGKILL; "
-              f"capacity concurrency + batch = {concurrency + batch})")
-    assert max(runs.values()) <= 2  # only the victim's entries ran twice, and only once more
+        print(f"\nduplicates: {duplicates} (the victim had {held_at_kill} entries pending just before the SIGKILL; "
+              f"bound: concurrency + batch = {concurrency + batch})")
+    assert max(runs.values()) <= 2  # only the victim's entries ran again, and only once more
     assert duplicates <= concurrency + batch
-    assert survivor.poll() is None
 
 
 async def _count_is(records: Records, n: int) -> bool:
@@ -270,40 +285,38 @@ async def test_handler_hanging_past_its_lease_is_not_run_twice(
     hang = 3 * LEASE_MS / 1000
     ids = await publish_ids(app, [Slow(seconds=hang) for _ in range(3)])
 
-    await wait_for(lambda: _count_is(records, 3), timeout=10 + hang, message="slow events done")
+    await procs.wait(lambda: _count_is(records, 3), 10 + hang, "slow events done", alive=workers)
     # The other worker's claimer ran every 50 ms meanwhile: heartbeats kept the lease, so nothing was reclaimed.
     assert await records.runs() == dict.fromkeys(ids, 1)
     assert await records.max_inflight() == dict.fromkeys(ids, 1)
-    await wait_for(lambda: _no_pending(redis, stream, "slow"), timeout=5, message="slow events acked")
-    assert all(w.poll() is None for w in workers)
+    await procs.wait(lambda: _no_pending(redis, stream, "slow"), 5, "slow events acked", alive=workers)
 
 
 async def test_frozen_worker_has_its_entry_reclaimed(
         procs: Procs, app: App, redis: aioredis.Redis, records: Records, ns: str) -> None:
     stream = stream_of(ns, "proc.hold")
-    workers = {p.pid: p for p in (procs.worker("--inline", "--group", "hold") for _ in range(2))}
-    for w in workers.values():
+    workers = [procs.worker("--inline", "--group", "hold") for _ in range(2)]
+    for w in workers:
         await procs.ready(w)
     [event_id] = await publish_ids(app, [Hold()])
 
-    started = await wait_for(records.started, timeout=10, message="the hold handler starting")
+    started = await procs.wait(records.started, 10, "the hold handler starting", alive=workers)
     assert isinstance(started, list)
     [(_, frozen_pid)] = started
     os.kill(frozen_pid, signal.SIGSTOP)
     try:
-        # After the lease the other worker reclaims the entry (its heartbeat is frozen too) and runs it.
-        restarted = await wait_for(lambda: _started_times(records, 2), timeout=10, message="a second start")
+        # After the lease the other worker reclaims the entry (the frozen one's heartbeat is frozen too) and runs it.
+        restarted = await procs.wait(lambda: _started_times(records, 2), 10, "a second start", alive=workers)
         assert isinstance(restarted, list)
         [(_, first), (again, other)] = restarted
         assert (first, again) == (frozen_pid, event_id)
-        assert other != frozen_pid and other in workers
+        assert other != frozen_pid and other in {w.pid for w in workers}
         await records.release(event_id)
-        await wait_for(lambda: _count_is(records, 1), timeout=10, message="the event done")
-        await wait_for(lambda: _no_pending(redis, stream, "hold"), timeout=5, message="the entry acked")
+        await procs.wait(lambda: _count_is(records, 1), 10, "the event done", alive=workers)
+        await procs.wait(lambda: _no_pending(redis, stream, "hold"), 5, "the entry acked", alive=workers)
         assert (await records.runs())[event_id] == 2
     finally:
         os.kill(frozen_pid, signal.SIGCONT)
-    assert all(w.poll() is None for w in workers.values())
 
 
 async def _started_times(records: Records, n: int) -> list[tuple[str, int]] | None:
@@ -324,7 +337,7 @@ async def test_worker_survives_redis_restart(procs: Procs, fresh_redis: RedisSer
         before = [Outgoing(Work(n=n, pause=0.02), event_id=new_event_id()) for n in range(150)]
         await app.publish_many(before)  # acknowledged by Redis (AOF, fsync always) before the restart
         worker = procs.worker("--inline", "--group", "work", "--concurrency", "4")
-        await wait_for(lambda: _at_least(records, 20), timeout=START_S, message="processing under way")
+        await procs.wait(lambda: _at_least(records, 20), START_S, "processing under way", alive=[worker])
         assert await records.done_count() < len(before), "the restart should come during processing"
 
         fresh_redis.kill()  # a crash: no shutdown, the AOF is what survives
@@ -332,12 +345,12 @@ async def test_worker_survives_redis_restart(procs: Procs, fresh_redis: RedisSer
 
         after = [Outgoing(Work(n=n), event_id=new_event_id()) for n in range(150, 250)]
         # The pooled connections died with the server: publishing raises PublishError until it reconnects.
-        await wait_for(lambda: _publish(app, after), timeout=10, message="publishing after the restart")
+        await procs.wait(lambda: _publish(app, after), 10, "publishing after the restart", alive=[worker])
         wanted = {o.event_id for o in before + after}
-        await wait_for(lambda: _done_includes(records, wanted), timeout=40, message="every event processed")
-        assert worker.poll() is None, procs.log_of(worker)
+        await procs.wait(lambda: _done_includes(records, wanted), 40, "every event processed", alive=[worker])
         stream = stream_of(ns, "proc.work")
-        await wait_for(lambda: _quiet(redis, stream, "work"), timeout=15, message="every entry settled")
+        await procs.wait(lambda: _quiet(redis, stream, "work"), 15, "every entry settled", alive=[worker])
+        assert worker.poll() is None
     finally:
         await app.aclose()
         await redis.aclose()
@@ -379,22 +392,24 @@ async def test_poison_events_are_dead_lettered_and_others_keep_flowing(
         procs: Procs, app: App, redis: aioredis.Redis, records: Records, ns: str) -> None:
     failing_worker = procs.worker("--inline", "--group", "fail")
     supervisor = procs.worker("--processes", "1", "--group", "crash", "--group", "work")
+    alive = [failing_worker, supervisor]
     work_ids = await publish_ids(app, [Work(n=n) for n in range(10)])
     [fail_id] = await publish_ids(app, [Fail()])
     [crash_id] = await publish_ids(app, [Crash()])
     work_ids += await publish_ids(app, [Work(n=n) for n in range(10, 20)])
 
     fail_dlq, crash_dlq = dlq_of(ns, "proc.fail", "fail"), dlq_of(ns, "proc.crash", "crash")
-    await wait_for(lambda: redis.xlen(fail_dlq), timeout=START_S + 5, message="the failing event dead-lettered")
-    await wait_for(lambda: redis.xlen(crash_dlq), timeout=START_S + 20, message="the crashing event dead-lettered")
+    await procs.wait(lambda: redis.xlen(fail_dlq), START_S + 5, "the failing event dead-lettered", alive=alive)
+    await procs.wait(lambda: redis.xlen(crash_dlq), START_S + 20, "the crashing event dead-lettered", alive=alive)
     work_ids += await publish_ids(app, [Work(n=n) for n in range(20, 30)])
-    await wait_for(lambda: _done_includes(records, set(work_ids)), timeout=START_S, message="other events done")
+    await procs.wait(lambda: _done_includes(records, set(work_ids)), START_S, "other events done", alive=alive)
 
     runs = await records.runs()
     assert runs[fail_id] == FAIL_MAX_ATTEMPTS
     assert runs[crash_id] == CRASH_MAX_DELIVERIES
     crash_pids = {pid for eid, pid in await records.started() if eid == crash_id}
     assert len(crash_pids) == CRASH_MAX_DELIVERIES  # each run killed a different (restarted) worker process
+    assert procs.log_of(supervisor).count("exited with -9; restarting") == CRASH_MAX_DELIVERIES
 
     [failed] = procs.dlq("fail")
     assert failed["event_id"] == fail_id and failed["type"] == "proc.fail" and failed["group"] == "fail"
@@ -402,14 +417,14 @@ async def test_poison_events_are_dead_lettered_and_others_keep_flowing(
     assert failed["reason"] == f"failed {FAIL_MAX_ATTEMPTS} of max_attempts={FAIL_MAX_ATTEMPTS}"
     assert failed["error_type"] == "RuntimeError" and "always fails" in failed["error_message"]
     [crashed] = procs.dlq("crash")
-    assert crashed["event_id"] == crash_id and crashed["type"] == "proc.crash"
+    assert crashed["event_id"] == crash_id and crashed["type"] == "proc.crash" and crashed["group"] == "crash"
     assert crashed["attempts"] == CRASH_MAX_DELIVERIES + 1  # the delivery that found it over the limit
     assert f"max_deliveries={CRASH_MAX_DELIVERIES}" in crashed["reason"]
     assert procs.dlq("work") == []
 
     for group, tag in (("fail", "proc.fail"), ("crash", "proc.crash"), ("work", "proc.work")):
-        await wait_for(lambda g=group, t=tag: _quiet(redis, stream_of(ns, t), g), timeout=5, message=f"{group} settled")
-    assert failing_worker.poll() is None and supervisor.poll() is None
+        await procs.wait(lambda g=group, t=tag: _quiet(redis, stream_of(ns, t), g), 5, f"{group} settled",
+                         alive=alive)
 
 
 # 5. Garbage in a stream ----------------------------------------------------------------------------------------------
@@ -431,11 +446,10 @@ async def test_garbage_entries_are_dead_lettered_with_their_raw_bytes(
     worker = procs.worker("--inline", "--group", "work")
 
     dlq = dlq_of(ns, "proc.work", "work")
-    await wait_for(lambda: _length_is(redis, dlq, len(garbage)), timeout=START_S, message="garbage dead-lettered")
-    await wait_for(lambda: _done_includes(records, set(good)), timeout=10, message="good events done")
+    await procs.wait(lambda: _length_is(redis, dlq, len(garbage)), START_S, "garbage dead-lettered", alive=[worker])
+    await procs.wait(lambda: _done_includes(records, set(good)), 10, "good events done", alive=[worker])
     more = await publish_ids(app, [Work(n=n) for n in range(10, 15)])
-    await wait_for(lambda: _done_includes(records, set(more)), timeout=10, message="the worker kept going")
-    assert worker.poll() is None
+    await procs.wait(lambda: _done_includes(records, set(more)), 10, "the worker kept going", alive=[worker])
 
     # Exact raw bytes, read with the library's reader.
     dead = {d.stream_id: d for d in await read_deadletters(redis, [dlq])}
@@ -446,13 +460,14 @@ async def test_garbage_entries_are_dead_lettered_with_their_raw_bytes(
         assert d.reason.startswith("undecodable: "), d.reason
         assert d.attempts == 1 and d.group == "work"
 
-    # The command line lists them with their reasons; fields are shown as text (bytes that are not UTF-8 replaced).
+    # The command line lists them with their reasons; fields as text, or as {"base64": ...} when not UTF-8 (lossless).
     listed = {row["stream_id"]: row for row in procs.dlq("work")}
     assert set(listed) == set(dead)
     for entry_id, fields in zip(garbage_ids, garbage, strict=True):
         row = listed[entry_id.decode()]
         assert row["reason"] == dead[entry_id.decode()].reason
-        assert row["fields"] == {k.decode(): v.decode(errors="replace") for k, v in fields.items()}
+        assert {k: base64.b64decode(v["base64"]) if isinstance(v, dict) else v.encode()
+                for k, v in row["fields"].items()} == {k.decode(): v for k, v in fields.items()}
     assert "entry has no 'event_id' field" in listed[garbage_ids[0].decode()]["reason"]
     assert listed[garbage_ids[2].decode()]["fields"]["data"] == "plain text, not msgpack"
     assert "unknown type 'proc.other'" in listed[garbage_ids[3].decode()]["reason"]
@@ -474,12 +489,12 @@ async def test_sigterm_lets_inflight_handlers_finish_and_stops_reading(
     stream = stream_of(ns, "proc.hold")
     worker = procs.worker("--inline", "--group", "hold", "--concurrency", "2", "--grace-period", str(GRACE_S))
     held = await publish_ids(app, [Hold(), Hold()])
-    await wait_for(lambda: _started_count(records, 2), timeout=START_S, message="both handlers running")
+    await procs.wait(lambda: _started_count(records, 2), START_S, "both handlers running", alive=[worker])
 
     sent = time.monotonic()
     worker.send_signal(signal.SIGTERM)
     late = new_event_id()
-    await records.release(late)  # would finish at once if this worker still started it
+    await records.release(late)  # it would finish at once if this worker still started it
     await app.publish(Hold(), event_id=late)
     for event_id in held:
         await records.release(event_id)
@@ -487,24 +502,27 @@ async def test_sigterm_lets_inflight_handlers_finish_and_stops_reading(
     assert time.monotonic() - sent < GRACE_S + 5
 
     assert await records.done() == set(held)  # finished within the grace period ...
-    assert late not in {eid for eid, _ in await records.started()}  # ... and nothing new was started
-    entry_of = {p["message_id"] for p in await redis.xpending_range(stream, "hold", "-", "+", 100)}
+    assert late not in {eid for eid, _ in await records.started()}  # ... and nothing new was started ...
+    still_pending = {p["message_id"] for p in await redis.xpending_range(stream, "hold", "-", "+", 100)}
     late_entry = {eid for eid, f in await redis.xrange(stream) if f[b"event_id"] == late.encode()}
-    assert entry_of <= late_entry  # ... and acked: only the late one may be pending (read, then handed back)
+    assert still_pending <= late_entry  # ... and acked: only the late one may be pending (read, then handed back)
 
     successor = procs.worker("--inline", "--group", "hold")
-    await wait_for(lambda: _done_includes(records, {late}), timeout=START_S, message="a new worker takes the rest")
-    await wait_for(lambda: _no_pending(redis, stream, "hold"), timeout=5, message="all acked")
-    assert successor.poll() is None
+    await procs.wait(lambda: _done_includes(records, {late}), START_S, "a new worker taking the rest",
+                     alive=[successor])
+    await procs.wait(lambda: _no_pending(redis, stream, "hold"), 5, "all acked", alive=[successor])
 
 
+@pytest.mark.parametrize("poll", [0.01, 0.0], ids=["sleeping", "redis-bound"])
 async def test_unfinished_work_is_left_pending_after_the_grace_period(
-        procs: Procs, app: App, redis: aioredis.Redis, records: Records, ns: str) -> None:
+        procs: Procs, app: App, redis: aioredis.Redis, records: Records, ns: str, poll: float) -> None:
+    """Handlers still running when the grace period ends are cancelled and left pending, even ones that are nearly
+    always in the middle of a Redis command (`poll=0`; that needs cancellation to reach them, see App.redis)."""
     stream = stream_of(ns, "proc.hold")
     grace = 0.3
     worker = procs.worker("--inline", "--group", "hold", "--grace-period", str(grace))
-    held = await publish_ids(app, [Hold(), Hold()])
-    await wait_for(lambda: _started_count(records, 2), timeout=START_S, message="both handlers running")
+    held = await publish_ids(app, [Hold(poll=poll), Hold(poll=poll)])
+    await procs.wait(lambda: _started_count(records, 2), START_S, "both handlers running", alive=[worker])
     sent = time.monotonic()
     worker.send_signal(signal.SIGTERM)
     assert await exited(worker, grace + 5) == 0, procs.log_of(worker)
@@ -517,10 +535,10 @@ async def test_unfinished_work_is_left_pending_after_the_grace_period(
     assert "still running after the grace period" in procs.log_of(worker)
 
     successor = procs.worker("--inline", "--group", "hold")
-    await wait_for(lambda: _started_count(records, 4), timeout=START_S, message="the new worker reclaiming both")
+    await procs.wait(lambda: _started_count(records, 4), START_S, "the new worker reclaiming both", alive=[successor])
     await records.release()
-    await wait_for(lambda: _done_includes(records, set(held)), timeout=10, message="both done by the new worker")
-    await wait_for(lambda: _no_pending(redis, stream, "hold"), timeout=5, message="all acked")
+    await procs.wait(lambda: _done_includes(records, set(held)), 10, "both done by the new worker", alive=[successor])
+    await procs.wait(lambda: _no_pending(redis, stream, "hold"), 5, "all acked", alive=[successor])
     assert await records.runs() == dict.fromkeys(held, 2)
     assert {pid for _, pid in (await records.started())[2:]} == {successor.pid}
 
@@ -533,7 +551,7 @@ async def test_sigterm_to_the_supervisor_drains_every_child(
     children = worker_children(supervisor.pid)
     assert len(children) == 2
     held = await publish_ids(app, [Hold(), Hold(), Hold()])
-    await wait_for(lambda: _started_count(records, 3), timeout=10, message="handlers running")
+    await procs.wait(lambda: _started_count(records, 3), 10, "handlers running", alive=[supervisor])
 
     sent = time.monotonic()
     supervisor.send_signal(signal.SIGTERM)
@@ -562,11 +580,12 @@ async def test_supervisor_restarts_a_killed_child_and_stops_on_sigterm(
 
     victim = min(first)
     os.kill(victim, signal.SIGKILL)
-    now = await wait_for(lambda: _replaced(supervisor.pid, first, victim), timeout=START_S, message="a new child")
+    now = await procs.wait(lambda: _replaced(supervisor.pid, first, victim), START_S, "a new child",
+                           alive=[supervisor])
     assert isinstance(now, set)
     [new_child] = now - first
     ids += await publish_ids(app, [Work(n=n) for n in range(50, 100)])
-    await wait_for(lambda: _done_includes(records, set(ids)), timeout=START_S, message="processing continues")
+    await procs.wait(lambda: _done_includes(records, set(ids)), START_S, "processing continues", alive=[supervisor])
     await procs.ready(supervisor, workers=3)
     assert f":{new_child}:" in procs.log_of(supervisor)  # the new child's consumer name (host:pid:suffix)
 
@@ -575,6 +594,7 @@ async def test_supervisor_restarts_a_killed_child_and_stops_on_sigterm(
     assert await exited(supervisor, GRACE_S + 10) == 0, procs.log_of(supervisor)
     assert time.monotonic() - sent < GRACE_S + 10
     assert "exited with -9; restarting" in procs.log_of(supervisor)
+    assert not _alive(now)
 
 
 def _replaced(supervisor_pid: int, before: set[int], victim: int) -> set[int] | None:
@@ -590,7 +610,7 @@ async def test_consumer_names_identify_host_and_process(
     stream = stream_of(ns, "proc.work")
     await app.publish(Work(n=1))
     worker = procs.worker("--inline", "--group", "work")
-    names = await wait_for(lambda: consumers(redis, stream, "work"), timeout=START_S, message="a consumer")
+    names = await procs.wait(lambda: consumers(redis, stream, "work"), START_S, "a consumer", alive=[worker])
     assert isinstance(names, list)
     [name] = names
     host, pid, suffix = name.split(":")
