@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
 from opentelemetry import trace
@@ -25,6 +26,13 @@ from .telemetry import mark_failed
 log = logging.getLogger(__name__)
 
 
+class Started(NamedTuple):
+    """A delivery whose handler has yet to finish: run `rest` as a task, in `context` (None: a fresh copy)."""
+
+    rest: Coroutine[Any, Any, None]
+    context: contextvars.Context | None
+
+
 class HandlerRun:
     """Runs deliveries of one group. Shared by the group's runner tasks; holds no per-event state."""
 
@@ -34,36 +42,40 @@ class HandlerRun:
         self.namespace = namespace
         self.instruments = instruments
 
-    def start(self, d: Delivery) -> Coroutine[Any, Any, None] | None:
+    def start(self, d: Delivery) -> Started | None:
         """Run a delivery as far as it goes without waiting. Returns None if it is done (the handler finished
-        without suspending; its ack is queued), else a coroutine that finishes it, to be run as a task."""
+        without suspending; its ack is queued), else the coroutine that finishes it and the context to run it in,
+        for a task of its own."""
         handler = d.handler
         if d.attempt > handler.max_deliveries:
             reason = (f"delivered {d.attempt} times without being settled (max_deliveries="
                       f"{handler.max_deliveries}): it kills or hangs its worker")
-            return self._dead_letter(d, reason, None, None)
+            return Started(self._dead_letter(d, reason, None, None), None)
         try:
             envelope = read_envelope(d.fields)
             event = handler.codec.decode(envelope)
         except DecodeError as exc:
-            return self._dead_letter(d, f"undecodable: {exc}", exc, None)
+            return Started(self._dead_letter(d, f"undecodable: {exc}", exc, None), None)
         ctx = Context(event_id=envelope.event_id, event_type=envelope.type, group=handler.group, attempt=d.attempt,
                       stream=d.keys.stream, stream_id=d.entry_id.decode(), occurred_at_ms=envelope.occurred_at_ms,
                       redis=self.redis, namespace=self.namespace)
         if self.instruments.tracing.enabled:
-            return self._run_traced(d, event, ctx)
+            return Started(self._run_traced(d, event, ctx), None)
         started = time.perf_counter()
         coro = handler.fn(event, ctx)
+        # The handler's first steps run in a context of their own, as they would in a task: context variables it
+        # sets must not leak into the reader, nor into the next handler.
+        context = contextvars.copy_context()
         try:
-            yielded = coro.send(None)
+            yielded = context.run(coro.send, None)
         except StopIteration:
             self._count(d, None, started)
             self.settler.succeeded(d)
             return None
         except Exception as exc:  # failed before its first await
             self._count(d, exc, started)
-            return self._settle(d, exc, None)
-        return self._finish(d, coro, yielded, started)
+            return Started(self._settle(d, exc, None), None)
+        return Started(self._finish(d, coro, yielded, started), context)
 
     async def _finish(self, d: Delivery, coro: Coroutine[Any, Any, None], yielded: Any, started: float) -> None:
         """Continue a handler that suspended, under its timeout, then settle."""

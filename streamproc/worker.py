@@ -85,12 +85,12 @@ class GroupWorker:
         """Start waiting deliveries while fewer than `concurrency` handlers are suspended."""
         while self.waiting and len(self.running) < self.concurrency and not self.stopping.is_set():
             d = self.waiting.popleft()
-            rest = self.run_one.start(d)
-            if rest is None:
+            started = self.run_one.start(d)
+            if started is None:
                 self._release(d)
             else:
                 assert self._tasks is not None
-                task = self._tasks.create_task(self._finish(d, rest))
+                task = self._tasks.create_task(self._finish(d, started.rest), context=started.context)
                 self.running.add(task)
 
     async def _finish(self, d: Delivery, rest: Coroutine[Any, Any, None]) -> None:

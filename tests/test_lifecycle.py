@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections.abc import AsyncIterator
 
-from streamproc import Context, Event
-from tests.inproc import open_app, running
+from streamproc import Backoff, Context, Event
+from tests.inproc import deadletters, open_app, partition, running
 
 
 class Ping(Event, tag="ping"):
@@ -42,3 +43,42 @@ async def test_worker_resources_span_the_whole_run(ns: str, redis_url: str) -> N
             release.set()
             await stopping
     assert timeline == ["open", "start", "end", "close"]
+
+
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="unset")
+
+
+async def test_handlers_see_only_their_own_context_variables(ns: str, redis_url: str) -> None:
+    """Handlers start inline (no task until they wait), yet each runs in a context of its own, as in a task."""
+    seen: dict[int, tuple[str, str]] = {}
+
+    async with open_app(ns, redis_url) as app:
+
+        @app.handler(Ping, group="g", concurrency=4)
+        async def handler(event: Ping, ctx: Context) -> None:
+            before = request_id.get()
+            request_id.set(f"ping-{event.n}")
+            if event.n % 2:
+                await asyncio.sleep(0.01)  # suspends: the rest runs in a task, in the same context
+            seen[event.n] = (before, request_id.get())
+
+        await app.publish_many([Ping(n=n) for n in range(6)])
+        async with running(app) as worker:
+            await worker.wait_for(lambda: len(seen) == 6)
+    assert seen == {n: ("unset", f"ping-{n}") for n in range(6)}
+
+
+async def test_timeout_cancels_a_handler_that_started_inline(ns: str, redis_url: str) -> None:
+    runs: list[int] = []
+    async with open_app(ns, redis_url) as app:
+
+        @app.handler(Ping, group="g", timeout=0.05, max_attempts=2, backoff=Backoff(base=0.01, jitter=False))
+        async def hangs(event: Ping, ctx: Context) -> None:
+            runs.append(ctx.attempt)
+            await asyncio.Event().wait()
+
+        await app.publish(Ping(n=1))
+        async with running(app) as worker:
+            dead = await worker.wait_for(lambda: deadletters(app.redis, partition(app, Ping), "g"))
+    assert runs == [1, 2]
+    assert isinstance(dead, list) and dead[0].error_type == "TimeoutError"
