@@ -19,7 +19,7 @@ from .event import Event, check_event_id, new_event_id, partition_of
 from .groups import ensure_groups
 from .instruments import Instruments
 from .keys import PartitionKeys
-from .resp import pack_fields, xadd_prefix
+from .resp import EXEC, MULTI, pack_fields, xadd_prefix
 from .scripts import PUBLISH_ONCE
 from .settings import Settings
 from .topology import Topology, TypeRoute
@@ -148,8 +148,8 @@ class Publisher:
         return replies
 
     async def _append(self, prepared: list[Prepared], atomic: bool) -> list[object]:
-        if not atomic and not any(p.dedup for p in prepared):
-            return await self._append_packed(prepared)
+        if not any(p.dedup for p in prepared):
+            return await self._append_packed(prepared, atomic)
         window = self._settings.dedup_window_ms
         async with self._redis.pipeline(transaction=atomic) as pipe:
             for p in prepared:
@@ -162,15 +162,25 @@ class Publisher:
             replies: list[object] = await pipe.execute(raise_on_error=True)
         return replies
 
-    async def _append_packed(self, prepared: list[Prepared]) -> list[object]:
-        """Plain appends, packed by hand (see resp.py) and written at once on one pooled connection."""
+    async def _append_packed(self, prepared: list[Prepared], atomic: bool) -> list[object]:
+        """Plain appends, packed by hand (see resp.py) and written at once on one pooled connection; with `atomic`,
+        inside MULTI/EXEC (all or none: the EXEC reply carries every append's id)."""
         payload = b"".join(self._prefix(p) + pack_fields(p.fields) for p in prepared)
+        if atomic:
+            payload = MULTI + payload + EXEC
         pool = self._redis.connection_pool
         conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
             await conn.send_packed_command(payload)
             # An error reply raises here; the replies after it are unread, so the connection is dropped below.
-            return [await conn.read_response() for _ in prepared]
+            if not atomic:
+                return [await conn.read_response() for _ in prepared]
+            for _ in range(len(prepared) + 1):  # +OK for MULTI, +QUEUED for each append
+                await conn.read_response()
+            replies = await conn.read_response()
+            if not isinstance(replies, list):  # nil: the transaction was aborted
+                raise PublishError("Redis aborted the transaction; nothing was appended")
+            return replies
         except BaseException:
             await conn.disconnect()
             raise

@@ -168,8 +168,11 @@ async def test_publisher_recreates_groups_after_redis_lost_its_data(ns: str, fre
         lost_data = await app.publish_many([*cards(3), Outgoing(cards(1, "with-id")[0], new_event_id())])
         [group] = await app.redis.xinfo_groups(lost_data[0].stream)
         assert group["name"] == b"g"
+        await app.redis.flushall()  # and once more, for an all-or-nothing batch (MULTI/EXEC)
+        lost_again = await app.publish_many(cards(3, "atomic"), atomic=True)
+        assert [g["name"] for g in await app.redis.xinfo_groups(lost_again[0].stream)] == [b"g"]
         async with running(app) as worker:
-            await worker.wait_for(lambda: {p.event_id for p in lost_data} <= set(calls.of("g")))
+            await worker.wait_for(lambda: {p.event_id for p in lost_again} <= set(calls.of("g")))
 
 
 async def test_producer_event_id_with_braces_or_spaces_is_refused(ns: str, redis_url: str,
