@@ -73,10 +73,13 @@ class EventCodec(Generic[E]):
         self.decoder: msgspec.msgpack.Decoder[E] = msgspec.msgpack.Decoder(event_type)
 
     def decode(self, envelope: Envelope) -> E:
-        if envelope.type != self.tag:
-            raise DecodeError(f"unknown type {envelope.type!r} on the stream of {self.tag!r}")
+        return self.decode_data(envelope.type, envelope.data)
+
+    def decode_data(self, event_type: str, data: bytes) -> E:
+        if event_type != self.tag:
+            raise DecodeError(f"unknown type {event_type!r} on the stream of {self.tag!r}")
         try:
-            return self.decoder.decode(envelope.data)
+            return self.decoder.decode(data)
         except msgspec.ValidationError as exc:
             raise DecodeError(f"schema mismatch for {self.tag!r}: {exc}") from None
         except msgspec.DecodeError as exc:

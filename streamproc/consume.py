@@ -16,20 +16,21 @@ from .scripts import TAKE_RETRIES
 log = logging.getLogger(__name__)
 
 
-@dataclass(slots=True)
 class Delivery:
-    """One entry handed to this consumer, from a read, a reclaim or a retry."""
+    """One entry handed to this consumer, from a read, a reclaim or a retry. (A plain slotted class: one is made
+    per entry on the hot path, and `held_key`, used several times, is computed once.)"""
 
-    handler: Handler[Any]
-    keys: PartitionKeys
-    entry_id: bytes
-    fields: dict[bytes, bytes]
-    attempt: int
-    from_retry: bool = False
+    __slots__ = ("attempt", "entry_id", "fields", "from_retry", "handler", "held_key", "keys")
 
-    @property
-    def held_key(self) -> tuple[str, bytes]:
-        return (self.keys.stream, self.entry_id)
+    def __init__(self, handler: Handler[Any], keys: PartitionKeys, entry_id: bytes, fields: dict[bytes, bytes],
+                 attempt: int, from_retry: bool = False) -> None:
+        self.handler = handler
+        self.keys = keys
+        self.entry_id = entry_id
+        self.fields = fields
+        self.attempt = attempt
+        self.from_retry = from_retry
+        self.held_key = (keys.stream, entry_id)
 
 
 @dataclass(frozen=True, slots=True)

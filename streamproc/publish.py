@@ -19,7 +19,7 @@ from .event import Event, check_event_id, new_event_id, partition_of
 from .groups import ensure_groups
 from .instruments import Instruments
 from .keys import PartitionKeys
-from .resp import EXEC, MULTI, pack_fields, xadd_prefix
+from .resp import EXEC, MULTI, pack_fields, send_packed, xadd_prefix
 from .scripts import PUBLISH_ONCE
 from .settings import Settings
 from .topology import Topology, TypeRoute
@@ -165,27 +165,13 @@ class Publisher:
     async def _append_packed(self, prepared: list[Prepared], atomic: bool) -> list[object]:
         """Plain appends, packed by hand (see resp.py) and written at once on one pooled connection; with `atomic`,
         inside MULTI/EXEC (all or none: the EXEC reply carries every append's id)."""
-        payload = b"".join(self._prefix(p) + pack_fields(p.fields) for p in prepared)
-        if atomic:
-            payload = MULTI + payload + EXEC
-        pool = self._redis.connection_pool
-        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
-        try:
-            await conn.send_packed_command(payload)
-            # An error reply raises here; the replies after it are unread, so the connection is dropped below.
-            if not atomic:
-                return [await conn.read_response() for _ in prepared]
-            for _ in range(len(prepared) + 1):  # +OK for MULTI, +QUEUED for each append
-                await conn.read_response()
-            replies = await conn.read_response()
-            if not isinstance(replies, list):  # nil: the transaction was aborted
-                raise PublishError("Redis aborted the transaction; nothing was appended")
-            return replies
-        except BaseException:
-            await conn.disconnect()
-            raise
-        finally:
-            await pool.release(conn)
+        commands = [self._prefix(p) + pack_fields(p.fields) for p in prepared]
+        if not atomic:
+            return await send_packed(self._redis, commands)
+        replies = (await send_packed(self._redis, [MULTI, *commands, EXEC]))[-1]
+        if not isinstance(replies, list):  # nil: the transaction was aborted
+            raise PublishError("Redis aborted the transaction; nothing was appended")
+        return replies
 
     def _prefix(self, p: Prepared) -> bytes:
         key = (p.keys.stream, len(p.fields), bool(p.route.groups))  # NOMKSTREAM iff it has groups: _append_all

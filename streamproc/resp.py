@@ -1,4 +1,4 @@
-"""Packing XADD commands into RESP by hand for the publish hot path.
+"""Packing commands into RESP by hand for the hot paths (XADD when publishing, XACK when settling).
 
 redis-py packs each argument of each command in Python (type checks, encoding, joins); for a batch of appends
 that is most of the publisher's time. Here the constant part of the command (XADD key NOMKSTREAM *) is packed
@@ -8,6 +8,8 @@ once per stream, and each event adds only its field values.
 from __future__ import annotations
 
 from collections.abc import Mapping
+
+import redis.asyncio as aioredis
 
 MULTI = b"*1\r\n$5\r\nMULTI\r\n"
 EXEC = b"*1\r\n$4\r\nEXEC\r\n"
@@ -33,3 +35,21 @@ def xadd_prefix(stream: str, field_count: int, nomkstream: bool) -> bytes:
 
 def pack_fields(fields: Mapping[bytes, bytes | str | int]) -> bytes:
     return b"".join(_bulk(name) + _bulk(_as_bytes(value)) for name, value in fields.items())
+
+
+def pack_command(*args: bytes) -> bytes:
+    return b"*%d\r\n" % len(args) + b"".join(_bulk(a) for a in args)
+
+
+async def send_packed(redis: aioredis.Redis, commands: list[bytes]) -> list[object]:
+    """Write packed commands at once on one pooled connection and read their replies (an error reply raises)."""
+    pool = redis.connection_pool
+    conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        await conn.send_packed_command(b"".join(commands))
+        return [await conn.read_response() for _ in commands]
+    except BaseException:
+        await conn.disconnect()  # replies may be left unread: this connection must not be reused
+        raise
+    finally:
+        await pool.release(conn)

@@ -17,6 +17,7 @@ from redis import exceptions as rx
 
 from .consume import Delivery
 from .deadletter import deadletter_fields
+from .resp import pack_command, send_packed
 from .scripts import DEAD_LETTER, HEARTBEAT, RETRY_DONE, SCHEDULE_RETRY
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ class Settler:
         self.group = group
         self.consumer = consumer
         self.dlq_max_length = dlq_max_length
+        self._group_bytes = group.encode()
         self._acks: dict[str, list[bytes]] = {}
         self._retries_done: dict[tuple[str, str], list[bytes]] = {}
         self._wakeup = asyncio.Event()
@@ -73,6 +75,10 @@ class Settler:
             raise
 
     async def _send_acks(self, acks: dict[str, list[bytes]], done: dict[tuple[str, str], list[bytes]]) -> None:
+        if not done:  # the common case: plain acks, packed by hand (see resp.py)
+            await send_packed(self.redis, [pack_command(b"XACK", stream.encode(), self._group_bytes, *ids)
+                                           for stream, ids in acks.items()])
+            return
         async with self.redis.pipeline(transaction=False) as pipe:
             for stream, ids in acks.items():
                 pipe.xack(stream, self.group, *ids)

@@ -105,8 +105,9 @@ class GroupWorker:
                 self._pump()  # not while the group is going down: its TaskGroup takes no new tasks then
 
     def _release(self, d: Delivery) -> None:
-        self.held.pop(d.held_key, None)
-        if self.free > 0:
+        held = self.held
+        held.pop(d.held_key, None)
+        if len(held) < self.capacity:
             self._space.set()
 
     async def _recreate_groups(self) -> None:
