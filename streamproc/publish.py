@@ -127,6 +127,8 @@ class Publisher:
 
     async def _ensure_ready(self, prepared: list[Prepared]) -> None:
         todo = {p.keys.stream: p.route for p in prepared if p.keys.stream not in self._ready}
+        if not todo:
+            return
         wanted = [(stream, g, start) for stream, route in todo.items() for g, start in route.groups.items()]
         await ensure_groups(self._redis, wanted)
         self._ready.update(todo)
