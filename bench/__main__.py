@@ -21,8 +21,8 @@ from pathlib import Path
 
 from bench import drain, fanout, ingest, latency, peers, publish, soak
 from bench.context import Bench
-from bench.results import machine_header, write_results
 from bench.report import Section
+from bench.results import machine_header, write_results
 
 Scenario = Callable[[Bench], Awaitable[Section]]
 SCENARIOS: dict[str, Scenario] = {

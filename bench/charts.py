@@ -1,4 +1,4 @@
-"""PNG charts (matplotlib, headless): bars with min–max whiskers, and latency CDFs."""
+"""PNG charts (matplotlib, headless): bars with min-max whiskers, and latency CDFs."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot is imported)
+import matplotlib.pyplot as plt
 
-from bench.report import median  # noqa: E402
+from bench.report import median
 
 
 def bars(path: Path, title: str, ylabel: str, series: dict[str, list[float]], highlight: str = "raw") -> None:

@@ -36,6 +36,7 @@ class Case:
     processes: int = 1
     concurrency: int | None = None
     sleeps: bool = False  # the 1 ms handler: its own (smaller) N
+    batch_size: int | None = None  # streamproc's batch_size setting, when not its default
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +56,7 @@ CASES = [
     Case("no-op, concurrency 1", "noop", "bench.apps:noop", concurrency=1),
     Case("no-op, concurrency 10", "noop", "bench.apps:noop", concurrency=10),
     Case("no-op, concurrency 100", "noop", "bench.apps:noop", concurrency=100),
+    Case("no-op, concurrency 100, batch_size 500", "noop", "bench.apps:noop", concurrency=100, batch_size=500),
     Case(RAW_2, "raw", "", processes=2),
     Case("no-op, concurrency 100, 2 processes", "noop", "bench.apps:noop", processes=2, concurrency=100),
     Case("sleep 1 ms, concurrency 100", "sleep", "bench.apps:sleepy", concurrency=100, sleeps=True),
@@ -72,7 +74,8 @@ def _baseline(case: Case) -> str:
 def _spawn(case: Case, url: str) -> list[multiprocessing.process.BaseProcess]:
     if not case.app_path:
         return [start(consume_main, RawConsumeJob(url, case.group, f"raw-{i}")) for i in range(case.processes)]
-    job = WorkerJob(case.app_path, url, case.concurrency, WORKER_SETTINGS)
+    settings = {**WORKER_SETTINGS, **({"batch_size": case.batch_size} if case.batch_size else {})}
+    job = WorkerJob(case.app_path, url, case.concurrency, settings)
     return [start(worker_main, job) for _ in range(case.processes)]
 
 
@@ -111,11 +114,12 @@ async def run(bench: Bench) -> Section:
     section = Section("drain", "2. Drain")
     section.lines += [
         f"{sizes.events:,} events pre-loaded ({sizes.sleep_events:,} for the 1 ms handler); one stream, one group. "
-        "Workers: `streamproc.run_worker` in spawned processes on uvloop, default settings except `block_ms=100`; "
+        "Workers: `streamproc.run_worker` in spawned processes on uvloop, default settings (`batch_size` 200) "
+        "except `block_ms=100` and, where named, `batch_size`; "
         f"the raw loop reads COUNT {raw.READ_COUNT}. Ratios compare with the raw loop of the same run and process "
         "count.", "", *rate_table(runs, [(c.name, _baseline(c)) for c in CASES]), ""]
     path, link = bench.chart("drain.png")
-    charts.bars(path, "drain: events/s by concurrency and processes (median, min–max)", "events/s",
+    charts.bars(path, "drain: events/s by concurrency and processes (median, min-max)", "events/s",
                 {c.name: runs.get(c.name) for c in CASES})
     section.lines += [f"![drain throughput]({link})", ""]
     rates, ratios = runs.get(NOOP_100), runs.ratios(NOOP_100, RAW_1)

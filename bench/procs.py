@@ -33,11 +33,11 @@ READY_KEY = "bench:barrier:ready"
 GO_KEY = "bench:barrier:go"
 
 
-async def call(fn: Callable[[J], R], job: J, timeout: float = 600.0) -> R:
+async def call(fn: Callable[[J], R], job: J, limit_s: float = 600.0) -> R:
     """Run fn(job) in a new spawned process and return its result."""
     with ProcessPoolExecutor(max_workers=1, mp_context=SPAWN) as pool:
         future = pool.submit(fn, job)
-        return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        return await asyncio.wait_for(asyncio.wrap_future(future), limit_s)
 
 
 def start(fn: Callable[[J], None], job: J) -> multiprocessing.process.BaseProcess:
@@ -46,12 +46,12 @@ def start(fn: Callable[[J], None], job: J) -> multiprocessing.process.BaseProces
     return proc
 
 
-async def stop(proc: multiprocessing.process.BaseProcess, timeout: float = 15.0) -> int | None:
-    """SIGTERM (a graceful stop), then SIGKILL if it is still there after `timeout`; returns its exit code."""
+async def stop(proc: multiprocessing.process.BaseProcess, grace_s: float = 15.0) -> int | None:
+    """SIGTERM (a graceful stop), then SIGKILL if it is still there after `grace_s`; returns its exit code."""
     if proc.pid is not None and proc.is_alive():
         with contextlib.suppress(ProcessLookupError):
             os.kill(proc.pid, signal.SIGTERM)
-    await asyncio.to_thread(proc.join, timeout)
+    await asyncio.to_thread(proc.join, grace_s)
     if proc.is_alive():
         proc.kill()
         await asyncio.to_thread(proc.join)
@@ -97,12 +97,13 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
-def children_of(pid: int) -> list[int]:
-    """Direct children of a process, from /proc."""
+def children_of(pid: int, marker: bytes = b"") -> list[int]:
+    """Direct children of a process whose command line contains `marker`, from /proc."""
     found: list[int] = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with contextlib.suppress(OSError, IndexError, ValueError):
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                if (int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid
+                        and marker in (entry / "cmdline").read_bytes()):
                     found.append(int(entry.name))
     return found

@@ -1,6 +1,8 @@
 """The raw limit: hand-written redis-py (hiredis, uvloop) loops on the same payloads, measured in the same run.
 
     (a) xadd_pipelined   XADD of the same fields, `batch` per pipelined round trip
+    (a') xadd_packed     the same XADDs packed into RESP by hand and written at once on one connection: the
+                         limit of a single client connection, beyond redis-py's own command packing
     (b) xadd_awaited     one awaited XADD per event
     (c) consume_main     XREADGROUP COUNT 500, msgspec decode, an inline no-op call, and the batch's XACK
                          pipelined with the next read (one round trip per batch)
@@ -37,6 +39,32 @@ async def xadd_pipelined(client: aioredis.Redis, n: int, batch: int) -> float:
                 pipe.xadd(STREAM, raw_fields(tick(i)))  # type: ignore[arg-type]
             await pipe.execute()
     return n / (time.perf_counter() - started)
+
+
+def _bulk(value: bytes | str | int) -> bytes:
+    raw = value if isinstance(value, bytes) else str(value).encode()
+    return b"$%d\r\n%b\r\n" % (len(raw), raw)
+
+
+def _packed_xadd(fields: dict[bytes, bytes | str | int]) -> bytes:
+    parts = [b"XADD", STREAM.encode(), b"*", *(x for kv in fields.items() for x in kv)]
+    return b"*%d\r\n" % len(parts) + b"".join(_bulk(p) for p in parts)
+
+
+async def xadd_packed(client: aioredis.Redis, n: int, batch: int) -> float:
+    pool = client.connection_pool
+    conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        started = time.perf_counter()
+        for first in range(0, n, batch):
+            count = min(n, first + batch) - first
+            await conn.send_packed_command(b"".join(_packed_xadd(raw_fields(tick(i)))
+                                                    for i in range(first, first + count)))
+            for _ in range(count):
+                await conn.read_response()
+        return n / (time.perf_counter() - started)
+    finally:
+        await pool.release(conn)
 
 
 async def xadd_concurrent(client: aioredis.Redis, n: int, tasks: int) -> float:

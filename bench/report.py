@@ -1,4 +1,4 @@
-"""Numbers to markdown: medians with min–max over runs, per-run ratios to a raw baseline, and target checks."""
+"""Numbers to markdown: medians with min-max over runs, per-run ratios to a raw baseline, and target checks."""
 
 from __future__ import annotations
 
@@ -45,20 +45,20 @@ def median(values: list[float]) -> float:
 
 
 def spread(values: list[float], fmt: str = "{:,.0f}") -> str:
-    """'median (min–max)', or just the value for a single run."""
+    """'median (min-max)', or just the value for a single run."""
     if not values:
         return "—"
     if len(values) == 1:
         return fmt.format(values[0])
-    return f"{fmt.format(median(values))} ({fmt.format(min(values))}–{fmt.format(max(values))})"
+    return f"{fmt.format(median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
 
 
 def ratio_text(ratios: list[float]) -> str:
     if not ratios:
         return ""
     if len(ratios) == 1:
-        return f"{ratios[0]:.2f}×"
-    return f"{median(ratios):.2f}× ({min(ratios):.2f}–{max(ratios):.2f})"
+        return f"{ratios[0]:.2f}x"
+    return f"{median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
 
 
 def table(headers: list[str], rows: list[list[str]]) -> list[str]:
@@ -68,12 +68,12 @@ def table(headers: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def rate_table(runs: Runs, cases: list[tuple[str, str]], unit: str = "events/s") -> list[str]:
-    """Rows of (case, baseline case or ''): median (min–max) and the ratio to the baseline of the same run."""
+    """Rows of (case, baseline case or ''): median (min-max) and the ratio to the baseline of the same run."""
     rows = []
     for case, baseline in cases:
         ratio = f"{ratio_text(runs.ratios(case, baseline))} of {baseline}" if baseline else "(baseline)"
         rows.append([case, spread(runs.get(case)), ratio])
-    return table(["case", f"{unit}: median (min–max)", "ratio to raw, same run: median (min–max)"], rows)
+    return table(["case", f"{unit}: median (min-max)", "ratio to baseline, same run: median (min-max)"], rows)
 
 
 def check_at_least(target: str, values: list[float], threshold: float, fmt: str) -> Check:
