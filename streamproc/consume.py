@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 
 from .app import Handler
 from .keys import PartitionKeys
+from .resp import pack_command, send_packed
 from .scripts import TAKE_RETRIES
 
 log = logging.getLogger(__name__)
@@ -49,18 +50,29 @@ class Reader:
         self.group = group
         self.consumer = consumer
         self.sources = {s.keys.stream.encode(): s for s in sources}
+        self._group = group.encode()
+        self._consumer = consumer.encode()
+        self._new_ids = [b">"] * len(self.sources)
         self._claim_cursor = {s.keys.stream: "0-0" for s in sources}
         self._take_retries = redis.register_script(TAKE_RETRIES)
         self.deleted_seen = 0
 
     async def read_new(self, count: int, block_ms: int) -> list[Delivery]:
-        """XREADGROUP over all of the group's streams at once: one round trip for a whole batch."""
-        reply = cast(list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]] | None, await self.redis.xreadgroup(
-            self.group, self.consumer, {name: ">" for name in self.sources}, count=count, block=block_ms))
+        """XREADGROUP over all of the group's streams at once: one round trip for a whole batch. Packed by hand
+        and read as the raw nested reply: redis-py's reply parsing (a dict per entry) was a fifth of the worker's
+        time when draining."""
+        command = pack_command(b"XREADGROUP", b"GROUP", self._group, self._consumer, b"COUNT", b"%d" % count,
+                               b"BLOCK", b"%d" % block_ms, b"STREAMS", *self.sources, *self._new_ids)
+        [reply] = await send_packed(self.redis, [command])
+        # RESP3 answers a map {stream: entries}, RESP2 a list of [stream, entries] pairs; nil when nothing came.
+        by_stream = reply.items() if isinstance(reply, dict) else cast(list[list[Any]] | None, reply) or ()
         out: list[Delivery] = []
-        for stream, entries in reply or ():
+        for stream, entries in by_stream:
             source = self.sources[stream]
-            out.extend(Delivery(source.handler, source.keys, eid, fields, 1) for eid, fields in entries)
+            handler, keys = source.handler, source.keys
+            for eid, flat in entries:
+                fields = dict(zip(flat[::2], flat[1::2], strict=True)) if flat else {}
+                out.append(Delivery(handler, keys, eid, fields, 1))
         return out
 
     async def claim_stalled(self, min_idle_ms: int, count: int) -> list[Delivery]:

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 # A child that stayed up this long is healthy again: its restart backoff starts over.
 HEALTHY_AFTER_S = 30.0
 MAX_RESTART_DELAY_S = 30.0
+# A child that dies after running this long is restarted after the shortest delay again.
+RAN_A_WHILE_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +166,8 @@ class Supervisor:
                 slot.failures = 0
             return
         if proc is not None and slot.restart_at == 0.0:
+            if now - slot.started_at >= RAN_A_WHILE_S:
+                slot.failures = 0  # it worked for a while: restart it promptly, this is not a crash loop
             slot.failures += 1
             delay = min(MAX_RESTART_DELAY_S, 0.25 * 2 ** (slot.failures - 1))
             slot.restart_at = now + delay

@@ -7,6 +7,8 @@ import contextlib
 import contextvars
 from collections.abc import AsyncIterator
 
+import pytest
+
 from streamproc import Backoff, Context, Event
 from tests.inproc import deadletters, open_app, partition, running
 
@@ -82,3 +84,18 @@ async def test_timeout_cancels_a_handler_that_started_inline(ns: str, redis_url:
             dead = await worker.wait_for(lambda: deadletters(app.redis, partition(app, Ping), "g"))
     assert runs == [1, 2]
     assert isinstance(dead, list) and dead[0].error_type == "TimeoutError"
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+async def test_worker_reads_with_either_redis_protocol(ns: str, redis_url: str, protocol: int) -> None:
+    """Reads are packed and parsed by hand: RESP2 answers lists where RESP3 answers maps."""
+    seen: list[int] = []
+    async with open_app(ns, f"{redis_url}?protocol={protocol}") as app:
+
+        @app.handler(Ping, group="g")
+        async def record(event: Ping, ctx: Context) -> None:
+            seen.append(event.n)
+
+        await app.publish_many([Ping(n=n) for n in range(5)])
+        async with running(app) as worker:
+            await worker.wait_for(lambda: sorted(seen) == list(range(5)))
