@@ -122,7 +122,7 @@ def write_results(out: Path, header: Header, sections: list[Section]) -> None:
         "Written by `python -m bench` (`make bench`); see bench/__main__.py. Every scenario runs against its own "
         "fresh redis-server (no persistence) with the load generator in another process than what is measured; "
         "results are medians with min-max over the runs, and ratios are taken against raw redis-py loops measured "
-        "in the same run on the same server.", "",
+        "in the same run on the same server. Where the time goes for the targets not met: bench/PROFILES.md.", "",
         f"Last written {header.date}, commit {header.commit}, by {header.command}.", "",
         "Machine: " + header.machine[0] + ".  ", header.machine[1] + ".", "",
         "## Targets", "", *table(["target", "measured (median)", ""],
