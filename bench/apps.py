@@ -39,7 +39,8 @@ def _app(settings: Settings | None) -> App:
 def noop_app(settings: Settings | None = None) -> App:
     app = _app(settings)
 
-    @app.handler(Tick, group="noop", concurrency=100)
+    # eager: it never awaits, the case eager starts are for (no task per event); see App.handler.
+    @app.handler(Tick, group="noop", concurrency=100, eager=True)
     async def do_nothing(event: Tick, ctx: Context) -> None:
         return None
 
@@ -59,7 +60,7 @@ def sleepy_app(settings: Settings | None = None) -> App:
 def timed_app(settings: Settings | None = None) -> App:
     app = _app(settings)
 
-    @app.handler(Tick, group="latency", concurrency=100)
+    @app.handler(Tick, group="latency", concurrency=100, eager=True)  # never awaits: see noop_app
     async def record_latency(event: Tick, ctx: Context) -> None:
         LATENCIES_US.append((time.time_ns() - event.sent_ns) // 1000)
 

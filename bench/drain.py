@@ -53,16 +53,16 @@ RAW_1 = "raw loop, 1 process"
 RAW_2 = "raw loop, 2 processes"
 CASES = [
     Case(RAW_1, "raw", ""),
-    Case("no-op, concurrency 1", "noop", "bench.apps:noop", concurrency=1),
-    Case("no-op, concurrency 10", "noop", "bench.apps:noop", concurrency=10),
-    Case("no-op, concurrency 100", "noop", "bench.apps:noop", concurrency=100),
-    Case("no-op, concurrency 100, batch_size 500", "noop", "bench.apps:noop", concurrency=100, batch_size=500),
+    Case("no-op (eager), concurrency 1", "noop", "bench.apps:noop", concurrency=1),
+    Case("no-op (eager), concurrency 10", "noop", "bench.apps:noop", concurrency=10),
+    Case("no-op (eager), concurrency 100", "noop", "bench.apps:noop", concurrency=100),
+    Case("no-op (eager), concurrency 100, batch_size 500", "noop", "bench.apps:noop", concurrency=100, batch_size=500),
     Case(RAW_2, "raw", "", processes=2),
-    Case("no-op, concurrency 100, 2 processes", "noop", "bench.apps:noop", processes=2, concurrency=100),
+    Case("no-op (eager), concurrency 100, 2 processes", "noop", "bench.apps:noop", processes=2, concurrency=100),
     Case("sleep 1 ms, concurrency 100", "sleep", "bench.apps:sleepy", concurrency=100, sleeps=True),
     Case("sleep 1 ms, concurrency 1000", "sleep", "bench.apps:sleepy", concurrency=1000, sleeps=True),
 ]
-NOOP_100 = "no-op, concurrency 100"
+NOOP_100 = "no-op (eager), concurrency 100"
 
 
 def _baseline(case: Case) -> str:

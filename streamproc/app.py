@@ -46,6 +46,7 @@ class Handler(Generic[E]):
     backoff: Backoff
     timeout: float | None
     start: StartAt
+    eager: bool = False
 
     @property
     def name(self) -> str:
@@ -84,11 +85,14 @@ class App:
         backoff: Backoff | None = None,
         timeout: float | None = 60.0,
         start: StartAt = "new",
+        eager: bool = False,
     ) -> Callable[[HandlerFn[E]], HandlerFn[E]]:
         """Register `fn(event, ctx)` for `event_type` in consumer group `group`.
 
         max_deliveries (default max_attempts + 2) bounds how often an entry may be started at all, counting
-        redeliveries after crashes; `start` says where a group added to a stream with history begins.
+        redeliveries after crashes; `start` says where a group added to a stream with history begins. `eager`
+        runs the handler's first step in the reading task, with no task of its own until it suspends (fast for
+        handlers that rarely wait; they must not enter asyncio.timeout or a TaskGroup before their first await).
         """
         check_namespace(group)
         if concurrency < 1 or max_attempts < 1 or (max_deliveries is not None and max_deliveries < 1):
@@ -104,7 +108,7 @@ class App:
             self.handlers.append(Handler(
                 fn=fn, route=route, codec=EventCodec(event_type), group=group, concurrency=concurrency,
                 max_attempts=max_attempts, max_deliveries=max_deliveries or max_attempts + 2,
-                backoff=backoff or Backoff(), timeout=timeout, start=start,
+                backoff=backoff or Backoff(), timeout=timeout, start=start, eager=eager,
             ))
             return fn
 

@@ -27,10 +27,10 @@ log = logging.getLogger(__name__)
 
 
 class Started(NamedTuple):
-    """A delivery whose handler has yet to finish: run `rest` as a task, in `context` (None: a fresh copy)."""
+    """A delivery whose handler has yet to finish: run `rest` as a task, in `context`."""
 
     rest: Coroutine[Any, Any, None]
-    context: contextvars.Context | None
+    context: contextvars.Context
 
 
 class HandlerRun:
@@ -41,6 +41,9 @@ class HandlerRun:
         self.redis = redis
         self.namespace = namespace
         self.instruments = instruments
+        # Each run gets a copy of this context, not of whatever task happens to start it (that may be a handler
+        # that just finished and set its own context variables).
+        self.base_context = contextvars.copy_context()
 
     def start(self, d: Delivery) -> Started | None:
         """Run a delivery as far as it goes without waiting. Returns None if it is done (the handler finished
@@ -50,7 +53,7 @@ class HandlerRun:
         if d.attempt > handler.max_deliveries:
             reason = (f"delivered {d.attempt} times without being settled (max_deliveries="
                       f"{handler.max_deliveries}): it kills or hangs its worker")
-            return Started(self._dead_letter(d, reason, None, None), None)
+            return Started(self._dead_letter(d, reason, None, None), self.base_context.copy())
         fields = d.fields
         try:
             # The envelope, read inline (this runs once per event): see codec.read_envelope for the slow, exact path.
@@ -59,21 +62,28 @@ class HandlerRun:
                           d.entry_id.decode(), int(fields[OCCURRED_AT]), self.redis, self.namespace)
             event = handler.codec.decode_data(event_type, fields[DATA])
         except DecodeError as exc:
-            return Started(self._dead_letter(d, f"undecodable: {exc}", exc, None), None)
+            return Started(self._dead_letter(d, f"undecodable: {exc}", exc, None), self.base_context.copy())
         except (KeyError, UnicodeDecodeError, ValueError):
             try:  # let the exact reader say what is wrong
                 read_envelope(fields)
                 raise DecodeError("entry envelope is malformed") from None
             except DecodeError as exc:
-                return Started(self._dead_letter(d, f"undecodable: {exc}", exc, None), None)
+                return Started(self._dead_letter(d, f"undecodable: {exc}", exc, None), self.base_context.copy())
         if self.instruments.tracing.enabled:
-            return Started(self._run_traced(d, event, ctx), None)
+            return Started(self._run_traced(d, event, ctx), self.base_context.copy())
+        if not handler.eager:
+            return Started(self._run(d, event, ctx), self.base_context.copy())
+        return self._start_eagerly(d, event, ctx)
+
+    def _start_eagerly(self, d: Delivery, event: Event, ctx: Context) -> Started | None:
+        """Handlers registered with `eager=True`: their first step (up to the first await that suspends) runs right
+        here, in the task that read the entry, so one that never suspends costs no task and no timer. That first
+        step sees the reading task as `asyncio.current_task()`: such handlers must not enter task-bound constructs
+        (asyncio.timeout, TaskGroup) before their first await. Their context variables stay their own."""
         started = time.perf_counter()
-        coro = handler.fn(event, ctx)
-        # The handler's first steps run in a context of their own, as they would in a task: context variables it
-        # sets must not leak into the reader, nor into the next handler.
-        context = contextvars.copy_context()
+        context = self.base_context.copy()
         try:
+            coro = d.handler.fn(event, ctx)
             yielded = context.run(coro.send, None)
         except StopIteration:
             self._count(d, None, started)
@@ -81,8 +91,21 @@ class HandlerRun:
             return None
         except Exception as exc:  # failed before its first await
             self._count(d, exc, started)
-            return Started(self._settle(d, exc, None), None)
+            return Started(self._settle(d, exc, None), self.base_context.copy())
         return Started(self._finish(d, coro, yielded, started), context)
+
+    async def _run(self, d: Delivery, event: Event, ctx: Context) -> None:
+        """The whole run in a task of its own, under the handler's timeout, then settle."""
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(d.handler.timeout):
+                await d.handler.fn(event, ctx)
+        except Exception as exc:  # any handler failure is retried or dead-lettered; it must not stop the worker
+            error: Exception | None = exc
+        else:
+            error = None
+        self._count(d, error, started)
+        await self._settle(d, error, None)
 
     async def _finish(self, d: Delivery, coro: Coroutine[Any, Any, None], yielded: Any, started: float) -> None:
         """Continue a handler that suspended, under its timeout, then settle."""

@@ -50,13 +50,14 @@ async def test_worker_resources_span_the_whole_run(ns: str, redis_url: str) -> N
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="unset")
 
 
-async def test_handlers_see_only_their_own_context_variables(ns: str, redis_url: str) -> None:
-    """Handlers start inline (no task until they wait), yet each runs in a context of its own, as in a task."""
+@pytest.mark.parametrize("eager", [False, True])
+async def test_handlers_see_only_their_own_context_variables(ns: str, redis_url: str, eager: bool) -> None:
+    """Eager handlers start inline (no task until they wait), yet each runs in a context of its own, as in a task."""
     seen: dict[int, tuple[str, str]] = {}
 
     async with open_app(ns, redis_url) as app:
 
-        @app.handler(Ping, group="g", concurrency=4)
+        @app.handler(Ping, group="g", concurrency=4, eager=eager)
         async def handler(event: Ping, ctx: Context) -> None:
             before = request_id.get()
             request_id.set(f"ping-{event.n}")
@@ -70,11 +71,13 @@ async def test_handlers_see_only_their_own_context_variables(ns: str, redis_url:
     assert seen == {n: ("unset", f"ping-{n}") for n in range(6)}
 
 
-async def test_timeout_cancels_a_handler_that_started_inline(ns: str, redis_url: str) -> None:
+@pytest.mark.parametrize("eager", [False, True])
+async def test_timeout_cancels_a_handler_that_waits(ns: str, redis_url: str, eager: bool) -> None:
     runs: list[int] = []
     async with open_app(ns, redis_url) as app:
 
-        @app.handler(Ping, group="g", timeout=0.05, max_attempts=2, backoff=Backoff(base=0.01, jitter=False))
+        @app.handler(Ping, group="g", timeout=0.05, max_attempts=2, backoff=Backoff(base=0.01, jitter=False),
+                     eager=eager)
         async def hangs(event: Ping, ctx: Context) -> None:
             runs.append(ctx.attempt)
             await asyncio.Event().wait()
@@ -99,3 +102,26 @@ async def test_worker_reads_with_either_redis_protocol(ns: str, redis_url: str, 
         await app.publish_many([Ping(n=n) for n in range(5)])
         async with running(app) as worker:
             await worker.wait_for(lambda: sorted(seen) == list(range(5)))
+
+
+async def test_a_handlers_own_timeout_does_not_touch_the_worker(ns: str, redis_url: str) -> None:
+    """A handler that enters asyncio.timeout before its first await gets its own TimeoutError, and the worker
+    keeps reading (with eager starts, that timeout would bind to the reading task: hence eager is opt-in)."""
+    outcomes: list[str] = []
+    async with open_app(ns, redis_url) as app:
+
+        @app.handler(Ping, group="g", max_attempts=1)
+        async def bounded(event: Ping, ctx: Context) -> None:
+            try:
+                async with asyncio.timeout(0.05):
+                    await asyncio.sleep(10 if event.n == 0 else 0)
+            except TimeoutError:
+                outcomes.append("timed out")
+                return
+            outcomes.append(f"done {event.n}")
+
+        await app.publish(Ping(n=0))
+        async with running(app) as worker:
+            await worker.wait_for(lambda: outcomes == ["timed out"])
+            await app.publish_many([Ping(n=1), Ping(n=2)])
+            await worker.wait_for(lambda: sorted(outcomes) == ["done 1", "done 2", "timed out"])
