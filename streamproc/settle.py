@@ -153,8 +153,8 @@ class Settler:
             for stream, ds in by_stream.items():
                 await self._heartbeat(keys=[stream], args=[self.group, self.consumer, *(d.entry_id for d in ds)],
                                       client=pipe)
-            for d in retries:
-                pipe.zadd(d.keys.retry(self.group), {d.entry_id: lease_end}, xx=True)
+            for d in retries:  # GT: never pull back a later due time that a retry just scheduled
+                pipe.zadd(d.keys.retry(self.group), {d.entry_id: lease_end}, xx=True, gt=True)
             replies = await pipe.execute()
         lost_ids = {(stream, eid) for stream, reply in zip(by_stream, replies, strict=False) for eid in reply}
         return [d for ds in by_stream.values() for d in ds if d.held_key in lost_ids]
@@ -168,8 +168,9 @@ class Settler:
                     pipe.zadd(d.keys.retry(self.group), {d.entry_id: now}, xx=True)
                     pipe.hincrby(d.keys.attempts(self.group), d.entry_id.decode(), -1)
                 else:
+                    # RETRYCOUNT: it never ran here, so the next claim (which counts one) must not count it twice
                     pipe.xclaim(d.keys.stream, self.group, self.consumer, 0, [d.entry_id],
-                                idle=HANDED_BACK_IDLE_MS, justid=True)
+                                idle=HANDED_BACK_IDLE_MS, justid=True, retrycount=max(0, d.attempt - 1))
             await pipe.execute()
 
 

@@ -32,7 +32,7 @@ from .settle import Settler
 log = logging.getLogger(__name__)
 
 
-# After the grace period, how long cancelled handlers get to unwind before the worker stops without them.
+# After the grace period, how long cancelled handlers get to unwind before that is logged as an error.
 CANCEL_WAIT_S = 5.0
 
 
@@ -127,6 +127,8 @@ class GroupWorker:
             await self.stopping.wait()
             await asyncio.wait(feeders)
             await self._drain()
+            if self.running:  # handlers that ignored cancellation: keep their leases fresh until they are gone
+                await asyncio.wait(set(self.running))
             # Stop the flusher between two flushes (never mid-flush), then send whatever it left.
             self._closed.set()
             self.settler.wake()
@@ -153,7 +155,8 @@ class GroupWorker:
             # moment, then stop anyway. Its entry stays pending either way, so nothing is lost by not waiting.
             _, stubborn = await asyncio.wait(late, timeout=CANCEL_WAIT_S)
             if stubborn:
-                log.error("%s: %d handler(s) ignored cancellation; stopping without them", self.group, len(stubborn))
+                log.error("%s: %d handler(s) ignored cancellation; waiting for them to end", self.group,
+                          len(stubborn))
 
     async def _read_step(self) -> float:
         if not self._space.is_set():
