@@ -1,4 +1,5 @@
-"""Starting a handler without a task: most handlers that finish without waiting never cost one.
+"""Starting a handler without a task (handlers registered with `eager=True`): one that finishes without waiting
+never costs one.
 
 `start(coro)` runs a coroutine up to its first suspension, in the caller's task. If it finished, that's all. If it
 suspended, `Resumed` continues it inside a task of its own: the task receives the future the coroutine is waiting

@@ -1,6 +1,6 @@
 """A worker process: one GroupWorker per handler group, each a small set of structured tasks.
 
-    reader ──► waiting ──► handler (inline, or a task if it suspends; <= concurrency) ──► settler (acks in pipelines)
+    reader ──► waiting ──► handler task (<= concurrency; eager handlers start inline) ──► settler (acks in pipelines)
     claimer (XAUTOCLAIM stalled entries) ──┘
     retry poller (due retries) ────────────┘
     heartbeat: keeps the lease of every held entry fresh
@@ -42,8 +42,8 @@ def consumer_name() -> str:
 
 
 class GroupWorker:
-    """Runs one handler group in this process. Handlers that finish without waiting run inline in the task that
-    read them; the others continue as tasks, at most `concurrency` at once."""
+    """Runs one handler group in this process: each delivery in a task of its own, at most `concurrency` at once
+    (handlers registered with `eager=True` start inline and get a task only if they suspend)."""
 
     def __init__(self, app: App, group: str, handlers: list[Handler[Any]], consumer: str,
                  concurrency: int | None = None) -> None:
