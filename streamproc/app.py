@@ -6,7 +6,7 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import redis.asyncio as aioredis
 
@@ -106,7 +106,7 @@ class App:
                 raise ConfigError(f"group {group!r} already has a handler for {route.tag!r}")
             route.groups[group] = start
             self.handlers.append(Handler(
-                fn=fn, route=route, codec=EventCodec(event_type), group=group, concurrency=concurrency,
+                fn=fn, route=route, codec=cast(EventCodec[E], route.codec), group=group, concurrency=concurrency,
                 max_attempts=max_attempts, max_deliveries=max_deliveries or max_attempts + 2,
                 backoff=backoff or Backoff(), timeout=timeout, start=start, eager=eager,
             ))

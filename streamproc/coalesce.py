@@ -39,7 +39,7 @@ class Coalescer:
 
     async def submit(self, prepared: list[Prepared]) -> list[Published]:
         """Append a request's events (all or none) together with whatever else is waiting."""
-        if self._task is None:
+        if self._task is None or self._task.done():  # first use, or a submit that raced close()
             self._closing = False
             self._task = asyncio.get_running_loop().create_task(self._run(), name="coalescer")
         request = _Request(prepared)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import time
@@ -69,9 +70,7 @@ class HandlerRun:
                 raise DecodeError("entry envelope is malformed") from None
             except DecodeError as exc:
                 return Started(self._dead_letter(d, f"undecodable: {exc}", exc, None), self.base_context.copy())
-        if self.instruments.tracing.enabled:
-            return Started(self._run_traced(d, event, ctx), self.base_context.copy())
-        if not handler.eager:
+        if self.instruments.tracing.enabled or not handler.eager:
             return Started(self._run(d, event, ctx), self.base_context.copy())
         return self._start_eagerly(d, event, ctx)
 
@@ -95,17 +94,27 @@ class HandlerRun:
         return Started(self._finish(d, coro, yielded, started), context)
 
     async def _run(self, d: Delivery, event: Event, ctx: Context) -> None:
-        """The whole run in a task of its own, under the handler's timeout, then settle."""
+        """The whole run in a task of its own, under the handler's timeout (and, when tracing, inside a CONSUMER
+        span as the current span, so the handler's own spans nest), then settle."""
+        tracing = self.instruments.tracing
+        span = tracing.start_process(ctx.stream, ctx.group, ctx.event_id, ctx.event_type, ctx.stream_id,
+                                     ctx.attempt, d.fields.get(TRACEPARENT)) if tracing.enabled else None
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(d.handler.timeout):
-                await d.handler.fn(event, ctx)
+            with (trace.use_span(span, record_exception=False, set_status_on_exception=False) if span is not None
+                  else contextlib.nullcontext()):
+                async with asyncio.timeout(d.handler.timeout):
+                    await d.handler.fn(event, ctx)
         except Exception as exc:  # any handler failure is retried or dead-lettered; it must not stop the worker
             error: Exception | None = exc
         else:
             error = None
-        self._count(d, error, started)
-        await self._settle(d, error, None)
+        try:
+            self._count(d, error, started)
+            await self._settle(d, error, span)
+        finally:
+            if span is not None:
+                span.end()
 
     async def _finish(self, d: Delivery, coro: Coroutine[Any, Any, None], yielded: Any, started: float) -> None:
         """Continue a handler that suspended, under its timeout, then settle."""
@@ -118,25 +127,6 @@ class HandlerRun:
             error = None
         self._count(d, error, started)
         await self._settle(d, error, None)
-
-    async def _run_traced(self, d: Delivery, event: Event, ctx: Context) -> None:
-        """The whole run inside a CONSUMER span (as its current span, so the handler's own spans nest)."""
-        span = self.instruments.tracing.start_process(ctx.stream, ctx.group, ctx.event_id, ctx.event_type,
-                                                      ctx.stream_id, ctx.attempt, d.fields.get(TRACEPARENT))
-        started = time.perf_counter()
-        try:
-            with trace.use_span(span, record_exception=False, set_status_on_exception=False):
-                async with asyncio.timeout(d.handler.timeout):
-                    await d.handler.fn(event, ctx)
-        except Exception as exc:
-            error: Exception | None = exc
-        else:
-            error = None
-        try:
-            self._count(d, error, started)
-            await self._settle(d, error, span)
-        finally:
-            span.end()
 
     def _count(self, d: Delivery, error: Exception | None, started: float) -> None:
         metrics = self.instruments.metrics

@@ -55,10 +55,6 @@ class Settler:
     def wake(self) -> None:
         self._wakeup.set()
 
-    @property
-    def unflushed(self) -> int:
-        return sum(map(len, self._acks.values())) + sum(map(len, self._retries_done.values()))
-
     async def flush(self) -> None:
         """Send queued acks. On failure they are queued again (the entries stay pending meanwhile)."""
         acks, done = self._acks, self._retries_done

@@ -6,8 +6,6 @@ When no exporter is configured, `Tracing.enabled` is False and the publish and h
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -115,6 +113,3 @@ def tracing_from_settings(settings: Settings, service: str, exporter: SpanExport
         raise ConfigError(f"OTEL_TRACES_EXPORTER={kind!r} is not supported; use otlp, console or none")
     return Tracing(provider)
 
-
-def traceparent_of(fields: Mapping[bytes, bytes]) -> bytes | None:
-    return fields.get(b"traceparent")
