@@ -22,7 +22,7 @@ test: install
 	$(BIN)/pytest -q
 
 demo: install
-	$(PY) -m streamproc.demo
+	$(PY) -m handlers.demo
 
 bench: install
 	$(PY) -m bench

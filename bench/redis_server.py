@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from streamproc.localredis import LocalRedis
+from streamproc.devtools.localredis import LocalRedis
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,6 @@
 from .app import App, Handler
 from .backoff import Backoff
 from .context import Context
-from .deadletter import DeadLettered, read_deadletters
 from .errors import (
     BacklogFull,
     ConfigError,
@@ -16,9 +15,10 @@ from .errors import (
 )
 from .event import Event, new_event_id, partition_of
 from .keys import PartitionKeys, key_slot
-from .publish import Outgoing, Published
+from .publish.publisher import Outgoing, Published
 from .settings import Settings
-from .worker import run_worker
+from .worker.deadletter import DeadLettered, read_deadletters
+from .worker.process import run_worker
 
 __all__ = [
     "App",

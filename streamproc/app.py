@@ -11,14 +11,14 @@ from typing import Any, Generic, TypeVar, cast
 import redis.asyncio as aioredis
 
 from .backoff import Backoff
-from .coalesce import Coalescer
 from .codec import EventCodec
 from .context import Context
 from .errors import ConfigError
 from .event import Event
-from .instruments import Instruments
 from .keys import check_namespace
-from .publish import Outgoing, Published, Publisher
+from .observe.instruments import Instruments
+from .publish.coalesce import Coalescer
+from .publish.publisher import Outgoing, Published, Publisher
 from .settings import Settings
 from .topology import StartAt, Topology, TypeRoute
 

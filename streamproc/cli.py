@@ -14,14 +14,14 @@ from datetime import UTC, datetime
 import msgspec
 import uvloop
 
-from .auth import token_digest
-from .deadletter import DeadLettered, read_deadletters
-from .dev import cmd_dev
+from .devtools.dev import cmd_dev
 from .errors import StreamprocError
-from .ingest import serve_ingest
-from .logs import configure_logging
+from .http.auth import token_digest
+from .http.ingest import serve_ingest
+from .observe.logs import configure_logging
 from .settings import Settings
-from .supervisor import Supervisor, WorkerSpec, instrument, prepared_app, run_child
+from .worker.deadletter import DeadLettered, read_deadletters
+from .worker.supervisor import Supervisor, WorkerSpec, instrument, prepared_app, run_child
 
 
 def _common(p: argparse.ArgumentParser) -> None:

@@ -1,4 +1,5 @@
-"""Running the ingest server in the test's own event loop, on a free loopback port, for a real HTTP client."""
+"""Running the ingest server in the test's own event loop, on a free loopback port, for a real HTTP client; the
+events, request bodies and checks that ingest tests share."""
 
 from __future__ import annotations
 
@@ -8,13 +9,36 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from streamproc import App
-from streamproc.auth import token_digest
-from streamproc.ingest import serve_ingest
-from tests.inproc import fast_settings
+import aiohttp
+import msgspec
+import redis.asyncio as aioredis
+
+from streamproc import App, Context, Event
+from streamproc.http.auth import token_digest
+from streamproc.http.ingest import serve_ingest
+from tests.inproc import fast_settings, partition
 
 TOKEN = "secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+JSON = {**AUTH, "Content-Type": "application/json"}
+PROBLEM = "application/problem+json"
+
+
+class CardAdded(Event, tag="card.added"):
+    card_id: str
+    curator_id: str
+    url: str
+    title: str | None = None
+    position: int = 0
+
+
+class UserFollowed(Event, tag="user.followed"):
+    follower_id: str
+    followee_id: str
+
+
+async def noop(event: Event, ctx: Context) -> None:
+    return None
 
 
 def ingest_app(ns: str, redis_url: str, **overrides: Any) -> App:
@@ -61,3 +85,44 @@ async def serving(app: App) -> AsyncIterator[IngestServer]:
     finally:
         if not task.done():
             await server.stop()
+
+
+def card(i: int = 1, **extra: Any) -> dict[str, Any]:
+    return {"type": "card.added", "card_id": f"c{i}", "curator_id": "u1", "url": f"https://example.com/{i}",
+            **extra}
+
+
+def follow(i: int = 1) -> dict[str, Any]:
+    return {"type": "user.followed", "follower_id": f"u{i}", "followee_id": "u1"}
+
+
+def make_app(ns: str, redis_url: str, **overrides: Any) -> App:
+    """card.added is consumed by group "feeds" (so it has a backlog); user.followed has no consumer here."""
+    app = ingest_app(ns, redis_url, **overrides)
+    app.handler(CardAdded, group="feeds")(noop)
+    app.register(UserFollowed)
+    return app
+
+
+
+
+async def post(client: aiohttp.ClientSession, server: IngestServer, body: Any, headers: dict[str, str] | None = None,
+               ) -> tuple[int, dict[str, Any], aiohttp.ClientResponse]:
+    """POST a JSON body (or bytes as given); returns the status, the decoded JSON answer and the response."""
+    data = body if isinstance(body, bytes) else msgspec.json.encode(body)
+    async with client.post(server.events_url, data=data, headers=JSON if headers is None else headers) as resp:
+        answer = msgspec.json.decode(await resp.read())
+        return resp.status, answer, resp
+
+
+async def xlen(redis: aioredis.Redis, app: App, event_type: type[Event]) -> int:
+    return int(await redis.xlen(partition(app, event_type).stream))
+
+
+def assert_problem(resp: aiohttp.ClientResponse, answer: dict[str, Any], status: int) -> None:
+    """An RFC 9457 problem document with the response's status."""
+    assert resp.status == status, answer
+    assert resp.content_type == PROBLEM
+    assert answer["status"] == status
+    assert answer["type"].startswith("urn:streamproc:problem:")
+    assert answer["title"] and answer["detail"]

@@ -1,0 +1,1 @@
+"""The HTTP ingest service (aiohttp): validation, authentication, the OpenAPI document."""
