@@ -15,6 +15,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -55,8 +56,9 @@ def ping(port: int, timeout: float = 0.5) -> bool:
 class RedisServer:
     """One private redis-server process. Port and dir survive restart()."""
 
-    def __init__(self, *, appendonly: bool = False, port: int | None = None) -> None:
+    def __init__(self, *, appendonly: bool = False, port: int | None = None, extra: Sequence[str] = ()) -> None:
         self.appendonly = appendonly
+        self.extra = list(extra)  # more redis-server arguments, e.g. ["--maxmemory", "20mb"]
         self.port = port if port is not None else free_port()
         self._tmp = tempfile.TemporaryDirectory(prefix="streamproc-redis-")
         self.dir = Path(self._tmp.name)
@@ -86,7 +88,7 @@ class RedisServer:
         if self.appendonly:
             # fsync every write so a SIGKILL right after an ack loses nothing.
             argv += ["--appendfsync", "always"]
-        return argv
+        return argv + self.extra
 
     def start(self) -> None:
         if self.running:
