@@ -3,6 +3,9 @@
     {ns}:ev:{card.added:3}                     the stream
     {ns}:retry:{card.added:3}:{group}          sorted set: entry id -> when its next attempt is due (ms)
     {ns}:attempts:{card.added:3}:{group}       hash: entry id -> attempts started, for entries in retry
+    {ns}:leases:{card.added:3}:{group}         hash: entry id -> consumer that holds a due retry's lease now
+    {ns}:retried:{card.added:3}:{group}        sorted set: entry id -> its ms time, for entries in retry, so that
+                                               trimming reads the oldest one in O(log n)
     {ns}:dlq:{card.added:3}:{group}            the group's dead-letter stream for this partition
     {ns}:dedup:{card.added:3}:{event id}       marker of a producer-given event id (expires after the window)
 """
@@ -39,6 +42,12 @@ class PartitionKeys:
 
     def attempts(self, group: str) -> str:
         return f"{self.ns}:attempts:{self.hash_tag}:{group}"
+
+    def leases(self, group: str) -> str:
+        return f"{self.ns}:leases:{self.hash_tag}:{group}"
+
+    def retried(self, group: str) -> str:
+        return f"{self.ns}:retried:{self.hash_tag}:{group}"
 
     def deadletter(self, group: str) -> str:
         return f"{self.ns}:dlq:{self.hash_tag}:{group}"
