@@ -165,8 +165,8 @@ class Publisher:
         return replies
 
     async def _append_packed(self, prepared: list[Prepared], atomic: bool) -> list[object]:
-        """Plain appends, packed by hand (see redis/resp.py) and written at once on one pooled connection; with `atomic`,
-        inside MULTI/EXEC (all or none: the EXEC reply carries every append's id)."""
+        """Plain appends, packed by hand (see redis/resp.py) and written at once on one pooled connection; with
+        `atomic`, inside MULTI/EXEC (all or none: the EXEC reply carries every append's id)."""
         commands = [self._prefix(p) + pack_fields(p.fields) for p in prepared]
         if not atomic:
             return await send_packed(self._redis, commands)
