@@ -19,6 +19,7 @@ from .keys import check_namespace
 from .observe.instruments import Instruments
 from .publish.coalesce import Coalescer
 from .publish.publisher import Outgoing, Published, Publisher
+from .redis.connection import redis_client
 from .settings import Settings
 from .topology import StartAt, Topology, TypeRoute
 
@@ -125,13 +126,7 @@ class App:
     def redis(self) -> aioredis.Redis:
         """The app's Redis client, created on first use (bytes in, bytes out)."""
         if self._redis is None:
-            # socket_timeout=None (redis-py < 8's default): with a socket timeout, redis-py sends each command under
-            # asyncio.wait_for, which on Python 3.11 swallows a cancellation arriving as the send completes. Handlers
-            # that mostly talk to Redis then ignore their timeout, the grace period and a failing TaskGroup.
-            pool = aioredis.BlockingConnectionPool.from_url(
-                self.settings.redis_url, max_connections=self.settings.redis_max_connections, timeout=30,
-                health_check_interval=30, socket_timeout=None)
-            self._redis = aioredis.Redis(connection_pool=pool)
+            self._redis = redis_client(self.settings)  # every call has a deadline: see redis/connection.py
         return self._redis
 
     @property

@@ -29,6 +29,10 @@ class Settings:
     lease_ms: int = 30_000
     # How long one XREADGROUP waits for new entries; bounds how quickly a worker notices a stop.
     block_ms: int = 1_000
+    # The deadline of one Redis command (a blocking read gets its BLOCK on top). A call past it counts as an outage:
+    # the connection is dropped and the caller backs off and tries again. Handlers' own blocking commands on
+    # ctx.redis must block for less than this.
+    redis_timeout_ms: int = 5_000
     # Entries per XREADGROUP / XAUTOCLAIM call.
     batch_size: int = 200
     # How often stalled entries and due retries are looked for.

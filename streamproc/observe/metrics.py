@@ -41,6 +41,8 @@ class Metrics:
                                      tg, registry=r)
         self.handler_duration = Histogram("streamproc_handler_duration_seconds", "Handler run time",
                                           tg, buckets=HANDLER_BUCKETS, registry=r)
+        self.redis_errors = Counter("streamproc_redis_errors", "Failed Redis calls of the worker's loops, by kind "
+                                    "(outage, memory, nogroup, fatal)", ["kind"], registry=r)
         self.ingest_requests = Counter("streamproc_ingest_requests", "Ingest HTTP requests", ["status"], registry=r)
         self.ingest_duration = Histogram("streamproc_ingest_request_duration_seconds", "Ingest request latency",
                                          ["status"], registry=r)

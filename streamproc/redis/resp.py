@@ -41,13 +41,15 @@ def pack_command(*args: bytes) -> bytes:
     return b"*%d\r\n" % len(args) + b"".join(_bulk(a) for a in args)
 
 
-async def send_packed(redis: aioredis.Redis, commands: list[bytes]) -> list[object]:
-    """Write packed commands at once on one pooled connection and read their replies (an error reply raises)."""
+async def send_packed(redis: aioredis.Redis, commands: list[bytes], read_timeout: float | None = None,
+                      ) -> list[object]:
+    """Write packed commands at once on one pooled connection and read their replies (an error reply raises).
+    Each reply has the pool's deadline, or `read_timeout` (for a blocking read: its BLOCK plus a margin)."""
     pool = redis.connection_pool
     conn = await pool.get_connection()  # type: ignore[no-untyped-call]
     try:
         await conn.send_packed_command(b"".join(commands))
-        return [await conn.read_response() for _ in commands]
+        return [await conn.read_response(timeout=read_timeout) for _ in commands]
     except BaseException:
         await conn.disconnect()  # replies may be left unread: this connection must not be reused
         raise

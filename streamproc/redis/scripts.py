@@ -1,6 +1,9 @@
 """The Lua scripts, one `.lua` file each in `lua/`: each settles or moves an entry in one atomic call on keys of
 one hash slot. Every file says at its top what its KEYS and ARGV are.
 
+Each script starts with a shebang (Redis 7 script flags). Those that only delete or refresh may run at maxmemory
+(`flags=allow-oom`); those that add data have no flag, so at maxmemory Redis refuses them whole, before any write.
+
 A line `-- @include NAME` is replaced by `lua/NAME.lua` (shared helper functions), so that a script is sent to
 Redis whole while its helpers are written once.
 """
@@ -27,6 +30,9 @@ DEAD_LETTER = lua("dead_letter")
 RETRY_DONE = lua("retry_done")
 TAKE_RETRIES = lua("take_retries")
 HEARTBEAT = lua("heartbeat")
+REFRESH_LEASES = lua("refresh_leases")
+HAND_BACK = lua("hand_back")
+HAND_BACK_RETRIES = lua("hand_back_retries")
 DELETE_IDLE_CONSUMERS = lua("delete_idle_consumers")
 TRIM = lua("trim")
 ENSURE_GROUP = lua("ensure_group")

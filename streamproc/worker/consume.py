@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -45,14 +44,17 @@ class Source:
 class Reader:
     """Reads for one group and one consumer. Each method returns deliveries; none of them settles anything."""
 
-    def __init__(self, redis: aioredis.Redis, group: str, consumer: str, sources: list[Source]) -> None:
+    def __init__(self, redis: aioredis.Redis, group: str, consumer: str, sources: list[Source],
+                 deadline_s: float = 5.0) -> None:
         self.redis = redis
+        self.deadline_s = deadline_s  # a blocking read may take its BLOCK plus this before it counts as an outage
         self.group = group
         self.consumer = consumer
         self.sources = {s.keys.stream.encode(): s for s in sources}
         self._group = group.encode()
         self._consumer = consumer.encode()
-        self._new_ids = [b">"] * len(self.sources)
+        self._streams = list(self.sources)
+        self._next = 0  # where the next partial read starts (fewer free places than streams)
         self._claim_cursor = {s.keys.stream: "0-0" for s in sources}
         self._take_retries = redis.register_script(TAKE_RETRIES)
         self.deleted_seen = 0
@@ -60,10 +62,12 @@ class Reader:
     async def read_new(self, count: int, block_ms: int) -> list[Delivery]:
         """XREADGROUP over all of the group's streams at once: one round trip for a whole batch. Packed by hand
         and read as the raw nested reply: redis-py's reply parsing (a dict per entry) was a fifth of the worker's
-        time when draining."""
-        command = pack_command(b"XREADGROUP", b"GROUP", self._group, self._consumer, b"COUNT", b"%d" % count,
-                               b"BLOCK", b"%d" % block_ms, b"STREAMS", *self.sources, *self._new_ids)
-        [reply] = await send_packed(self.redis, [command])
+        time when draining. COUNT applies per stream, so it is split over the streams: one read never takes more
+        than `count` entries in all."""
+        streams, per_stream = self._streams_for(count)
+        command = pack_command(b"XREADGROUP", b"GROUP", self._group, self._consumer, b"COUNT", b"%d" % per_stream,
+                               b"BLOCK", b"%d" % block_ms, b"STREAMS", *streams, *[b">"] * len(streams))
+        [reply] = await send_packed(self.redis, [command], read_timeout=block_ms / 1000 + self.deadline_s)
         # RESP3 answers a map {stream: entries}, RESP2 a list of [stream, entries] pairs; nil when nothing came.
         by_stream = reply.items() if isinstance(reply, dict) else cast(list[list[Any]] | None, reply) or ()
         out: list[Delivery] = []
@@ -74,6 +78,16 @@ class Reader:
                 fields = dict(zip(flat[::2], flat[1::2], strict=True)) if flat else {}
                 out.append(Delivery(handler, keys, eid, fields, 1))
         return out
+
+    def _streams_for(self, count: int) -> tuple[list[bytes], int]:
+        """The streams one read covers and its COUNT: all of them with count // n each, or, with fewer places than
+        streams, `count` of them (taking turns) with one each."""
+        streams = self._streams
+        if count >= len(streams):
+            return streams, count // len(streams)
+        start = self._next
+        self._next = (start + count) % len(streams)
+        return [streams[(start + i) % len(streams)] for i in range(count)], 1
 
     async def claim_stalled(self, min_idle_ms: int, count: int) -> list[Delivery]:
         """XAUTOCLAIM entries idle past the lease (their consumer died or froze), with their delivery counts."""
@@ -104,15 +118,15 @@ class Reader:
                 for (eid, fields), found in zip(entries, counts, strict=True)]
 
     async def take_retries(self, lease_ms: int, count: int) -> tuple[list[Delivery], list[Delivery]]:
-        """Due retries of this group, leased to this consumer. Returns (deliveries, gone): `gone` are retries
-        whose entry no longer exists in the stream (deleted by hand); the caller drops them from the schedule."""
-        now = int(time.time() * 1000)
+        """Retries of this group due by Redis's clock, leased to this consumer. Returns (deliveries, gone): `gone`
+        are retries whose entry no longer exists in the stream (deleted by hand); the caller drops them."""
         taken: list[tuple[Source, bytes, int]] = []
         for source in self.sources.values():
             if len(taken) >= count:
                 break
-            keys = [source.keys.retry(self.group), source.keys.attempts(self.group)]
-            flat = await self._take_retries(keys=keys, args=[now, now + lease_ms, count - len(taken)])
+            g = self.group
+            keys = [source.keys.retry(g), source.keys.attempts(g), source.keys.leases(g)]
+            flat = await self._take_retries(keys=keys, args=[lease_ms, count - len(taken), self.consumer])
             taken.extend((source, flat[i], int(flat[i + 1])) for i in range(0, len(flat), 2))
         if not taken:
             return [], []

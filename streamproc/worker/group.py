@@ -11,16 +11,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from ..app import App, Handler
 from ..publish.groups import recreate_group
+from ..redis.connection import command_deadline_s
+from ..redis.errors import Failure, FatalRedisError
 from ..settings import Settings
 from .consume import Delivery, Reader, Source
-from .loops import repeat
+from .loops import Recovery, repeat
 from .run import HandlerRun
 from .settle import Settler
 
@@ -36,14 +38,14 @@ class GroupWorker:
     (handlers registered with `eager=True` start inline and get a task only if they suspend)."""
 
     def __init__(self, app: App, group: str, handlers: list[Handler[Any]], consumer: str,
-                 concurrency: int | None = None) -> None:
+                 concurrency: int | None = None, on_fatal: Callable[[FatalRedisError], None] | None = None) -> None:
         self.app = app
         self.group = group
         self.settings: Settings = app.settings
         self.redis: aioredis.Redis = app.redis
         self.concurrency = concurrency or max(h.concurrency for h in handlers)
         sources = [Source(h, keys) for h in handlers for keys in h.route.partitions]
-        self.reader = Reader(self.redis, group, consumer, sources)
+        self.reader = Reader(self.redis, group, consumer, sources, command_deadline_s(self.settings))
         self.settler = Settler(self.redis, group, consumer, self.settings.deadletter_max_length)
         self.run_one = HandlerRun(self.settler, self.redis, app.name, app.instruments)
         # Entries this consumer holds (waiting or running), for heartbeats and capacity.
@@ -56,6 +58,7 @@ class GroupWorker:
         self._tasks: asyncio.TaskGroup | None = None
         self.stopping = asyncio.Event()  # stop taking new work
         self._closed = asyncio.Event()  # stop the background loops (after in-flight work is settled)
+        self.recovery = Recovery(self._recreate_groups, on_fatal or self._stop_on_fatal, self._note_failure)
 
     @property
     def free(self) -> int:
@@ -100,23 +103,36 @@ class GroupWorker:
         if len(held) < self.capacity:
             self._space.set()
 
+    def _stop_on_fatal(self, error: FatalRedisError) -> None:
+        log.error("%s", error)
+        self.stopping.set()
+
+    def _note_failure(self, kind: Failure) -> None:
+        metrics = self.app.instruments.metrics
+        if metrics is not None:
+            metrics.redis_errors.labels(kind.value).inc()
+
     async def _recreate_groups(self) -> None:
         for stream in {s.keys.stream for s in self.reader.sources.values()}:
             await recreate_group(self.redis, stream, self.group)
 
     async def run(self) -> None:
-        """Process until `stopping` is set, then drain within the grace period and flush acks."""
+        """Process until `stopping` is set, then drain within the grace period (counted from the stop) and flush
+        acks. Every Redis call has a deadline, so the stop ends within the grace period plus about one read
+        deadline whatever Redis does."""
         async with asyncio.TaskGroup() as tg:
             self._tasks = tg
             flusher = tg.create_task(self.settler.run_flusher(self._closed))
             heartbeat = tg.create_task(repeat(f"{self.group} heartbeat", self._heartbeat_step, self._closed,
-                                              self._recreate_groups))
-            feeders = [tg.create_task(repeat(f"{self.group} {name}", step, self.stopping, self._recreate_groups))
+                                              self.recovery))
+            feeders = [tg.create_task(repeat(f"{self.group} {name}", step, self.stopping, self.recovery))
                        for name, step in (("reader", self._read_step), ("claimer", self._claim_step),
                                           ("retries", self._retry_step))]
             await self.stopping.wait()
+            grace_ends = asyncio.get_running_loop().time() + self.settings.grace_period_s
+            self.settler.stopping = True  # settle calls are tried once from now on
             await asyncio.wait(feeders)
-            await self._drain()
+            await self._drain(grace_ends)
             if self.running:  # handlers that ignored cancellation: keep their leases fresh until they are gone
                 await asyncio.wait(set(self.running))
             # Stop the flusher between two flushes (never mid-flush), then send whatever it left.
@@ -126,7 +142,7 @@ class GroupWorker:
             heartbeat.cancel()
             await _quietly(self.settler.flush(), "flushing acks at stop")
 
-    async def _drain(self) -> None:
+    async def _drain(self, grace_ends: float) -> None:
         unstarted = list(self.waiting)
         self.waiting.clear()
         if unstarted:
@@ -135,7 +151,8 @@ class GroupWorker:
                 self._release(d)
         if not self.running:
             return
-        _, late = await asyncio.wait(set(self.running), timeout=self.settings.grace_period_s)
+        left = max(0.0, grace_ends - asyncio.get_running_loop().time())
+        _, late = await asyncio.wait(set(self.running), timeout=left)
         if late:
             log.warning("%s: %d handler(s) still running after the grace period; leaving their entries pending",
                         self.group, len(late))

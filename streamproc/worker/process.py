@@ -11,7 +11,10 @@ import uuid
 
 from ..app import App
 from ..publish.groups import ensure_groups
+from ..redis.connection import command_deadline_s, read_deadline_s
+from ..redis.errors import FatalRedisError
 from .group import GroupWorker
+from .loops import Recovery, until_done
 from .retention import maintain
 
 log = logging.getLogger(__name__)
@@ -24,23 +27,53 @@ def consumer_name() -> str:
 
 async def run_worker(app: App, stopping: asyncio.Event, groups: list[str] | None = None,
                      concurrency: int | None = None) -> None:
-    """Run the app's handler groups (all, or those named) in this process until `stopping` is set."""
+    """Run the app's handler groups (all, or those named) in this process until `stopping` is set.
+
+    A fatal Redis error (redis/errors.py) in any loop stops the whole process gracefully, and is raised here once
+    the groups have drained. The stop takes at most the grace period plus a read deadline and a command deadline;
+    what is still running then is cancelled (its entries stay pending, for reclaim)."""
     by_group = app.groups()
     chosen = groups or sorted(by_group)
     unknown = set(chosen) - set(by_group)
     if unknown:
         raise ValueError(f"no handlers for group(s) {sorted(unknown)}; known: {sorted(by_group)}")
     consumer = consumer_name()
+    fatal: list[FatalRedisError] = []
+
+    def on_fatal(error: FatalRedisError) -> None:
+        log.error("%s", error)
+        fatal.append(error)
+        stopping.set()
+
     wanted = [(keys.stream, g, h.start) for g in chosen for h in by_group[g] for keys in h.route.partitions]
-    await ensure_groups(app.redis, wanted)
-    workers = [GroupWorker(app, g, by_group[g], consumer, concurrency) for g in chosen]
+    # Redis may be down, loading or full right now: wait it out (until stopped) rather than fail the start.
+    await until_done("creating consumer groups", lambda: ensure_groups(app.redis, wanted), stopping,
+                     Recovery(_nothing, on_fatal))
+    workers = [GroupWorker(app, g, by_group[g], consumer, concurrency, on_fatal) for g in chosen]
     log.info("worker %s running groups %s", consumer, chosen)
     async with contextlib.AsyncExitStack() as resources, asyncio.TaskGroup() as tg:
         for resource in app.worker_resources:
             await resources.enter_async_context(resource())
-        for w in workers:
-            tg.create_task(w.run())
-        tg.create_task(maintain(app, consumer, stopping))
+        tasks = [tg.create_task(w.run()) for w in workers]
+        tasks.append(tg.create_task(maintain(app, consumer, stopping, on_fatal)))
         await stopping.wait()
         for w in workers:
             w.stopping.set()
+        await _within_stop_deadline(app, tasks)
+    if fatal:
+        raise fatal[0]
+
+
+async def _within_stop_deadline(app: App, tasks: list[asyncio.Task[None]]) -> None:
+    settings = app.settings
+    deadline = settings.grace_period_s + read_deadline_s(settings, settings.block_ms) + command_deadline_s(settings)
+    _, late = await asyncio.wait(tasks, timeout=deadline)
+    if late:
+        log.error("the stop took longer than %.1fs (grace period plus Redis deadlines); cancelling what is left "
+                  "(its entries stay pending and are reclaimed)", deadline)
+        for task in late:
+            task.cancel()
+
+
+async def _nothing() -> None:
+    return None

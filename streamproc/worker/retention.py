@@ -10,13 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 import redis.asyncio as aioredis
 
 from ..app import App
 from ..keys import PartitionKeys
+from ..redis.errors import FatalRedisError
 from ..redis.scripts import DELETE_IDLE_CONSUMERS, TRIM
-from .loops import repeat
+from .loops import Recovery, repeat
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,7 @@ async def maintain_once(app: App, me: str) -> None:
                     log.info("removed idle consumers %s from %s on %s", gone, group, keys.stream)
 
 
-async def maintain(app: App, me: str, stopping: asyncio.Event) -> None:
+async def maintain(app: App, me: str, stopping: asyncio.Event, on_fatal: Callable[[FatalRedisError], None]) -> None:
     """Trim and tidy every `trim_interval_ms` until stopped."""
 
     async def step() -> float:
@@ -63,4 +65,4 @@ async def maintain(app: App, me: str, stopping: asyncio.Event) -> None:
     async def nothing() -> None:  # a missing group is recreated by the group's own worker loops
         return None
 
-    await repeat("maintenance", step, stopping, nothing)
+    await repeat("maintenance", step, stopping, Recovery(nothing, on_fatal))

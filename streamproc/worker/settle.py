@@ -8,22 +8,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import redis.asyncio as aioredis
-from redis import exceptions as rx
 
+from ..redis.errors import classify, is_transient
 from ..redis.resp import pack_command, send_packed
-from ..redis.scripts import DEAD_LETTER, HEARTBEAT, RETRY_DONE, SCHEDULE_RETRY
+from ..redis.scripts import (
+    DEAD_LETTER,
+    HAND_BACK,
+    HAND_BACK_RETRIES,
+    HEARTBEAT,
+    REFRESH_LEASES,
+    RETRY_DONE,
+    SCHEDULE_RETRY,
+)
 from .consume import Delivery
 from .deadletter import deadletter_fields
+from .loops import REDIS_FAILURES, backoff_s
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-TRANSIENT = (rx.ConnectionError, rx.TimeoutError, rx.BusyLoadingError, OSError)
+# How often one settle call is tried through a short outage before the entry is left where it is, for reclaim.
+SETTLE_TRIES = 6
 # XCLAIM IDLE given to handed-back entries, so that any other consumer's XAUTOCLAIM takes them at once.
 HANDED_BACK_IDLE_MS = 1_000_000_000
 
@@ -36,18 +45,21 @@ class Settler:
         self.dlq_max_length = dlq_max_length
         self._group_bytes = group.encode()
         self._acks: dict[str, list[bytes]] = {}
-        self._retries_done: dict[tuple[str, str], list[bytes]] = {}
+        self._retries_done: dict[tuple[str, ...], list[bytes]] = {}
         self._wakeup = asyncio.Event()
         self._schedule_retry = redis.register_script(SCHEDULE_RETRY)
         self._dead_letter = redis.register_script(DEAD_LETTER)
         self._retry_done = redis.register_script(RETRY_DONE)
         self._heartbeat = redis.register_script(HEARTBEAT)
+        self._refresh_leases = redis.register_script(REFRESH_LEASES)
+        self._hand_back = redis.register_script(HAND_BACK)
+        self._hand_back_retries = redis.register_script(HAND_BACK_RETRIES)
+        self.stopping = False  # at stop, settle calls are tried once: the stop must end within its deadline
 
     def succeeded(self, d: Delivery) -> None:
         """Queue the ack; a flusher sends all queued acks in one pipeline."""
         if d.from_retry:
-            key = (d.keys.retry(self.group), d.keys.attempts(self.group))
-            self._retries_done.setdefault(key, []).append(d.entry_id)
+            self._retries_done.setdefault(self._retry_keys(d), []).append(d.entry_id)
         else:
             self._acks.setdefault(d.keys.stream, []).append(d.entry_id)
         self._wakeup.set()
@@ -70,7 +82,12 @@ class Settler:
                 self._retries_done.setdefault(key, []).extend(ids)
             raise
 
-    async def _send_acks(self, acks: dict[str, list[bytes]], done: dict[tuple[str, str], list[bytes]]) -> None:
+    def _retry_keys(self, d: Delivery) -> tuple[str, str, str, str]:
+        """The retry set, attempts hash, leases hash and retried index of the entry's partition, for this group."""
+        g = self.group
+        return d.keys.retry(g), d.keys.attempts(g), d.keys.leases(g), d.keys.retried(g)
+
+    async def _send_acks(self, acks: dict[str, list[bytes]], done: dict[tuple[str, ...], list[bytes]]) -> None:
         if not done:  # the common case: plain acks, packed by hand (see redis/resp.py)
             await send_packed(self.redis, [pack_command(b"XACK", stream.encode(), self._group_bytes, *ids)
                                            for stream, ids in acks.items()])
@@ -78,8 +95,8 @@ class Settler:
         async with self.redis.pipeline(transaction=False) as pipe:
             for stream, ids in acks.items():
                 pipe.xack(stream, self.group, *ids)
-            for (retry_key, attempts_key), ids in done.items():
-                await self._retry_done(keys=[retry_key, attempts_key], args=ids, client=pipe)
+            for keys, ids in done.items():
+                await self._retry_done(keys=list(keys), args=ids, client=pipe)
             await pipe.execute()
 
     async def run_flusher(self, closed: asyncio.Event) -> None:
@@ -94,25 +111,29 @@ class Settler:
             try:
                 await self.flush()
                 failures = 0
-            except TRANSIENT as exc:
+            except REDIS_FAILURES as exc:
+                if not is_transient(exc):
+                    raise
                 failures += 1
-                log.warning("acking for %s failed (%s); retrying", self.group, exc)
+                log.warning("acking for %s failed (%s: %s); retrying", self.group, classify(exc).value, exc)
                 self._wakeup.set()
-                await asyncio.sleep(min(2.0, 0.05 * 2**failures))
+                await asyncio.sleep(backoff_s(failures))
 
     async def schedule_retry(self, d: Delivery, delay_s: float) -> bool:
-        """Pending -> retry schedule for this group only. False if another consumer had already settled it."""
-        due = int(time.time() * 1000 + delay_s * 1000)
-        keys = [d.keys.stream, d.keys.retry(self.group), d.keys.attempts(self.group)]
-        args: list[bytes | str | int] = [self.group, d.entry_id, _source(d), due, d.attempt]
+        """Pending -> retry schedule for this group only, due `delay_s` after now by Redis's clock. False if this
+        consumer no longer holds the entry (another took it over, or it was settled)."""
+        keys = [d.keys.stream, *self._retry_keys(d)]
+        args: list[bytes | str | int] = [self.group, d.entry_id, _source(d), int(delay_s * 1000), d.attempt,
+                                         self.consumer]
         return bool(await self._settle(lambda: self._schedule_retry(keys=keys, args=args)))
 
     async def dead_letter(self, d: Delivery, reason: str, error: BaseException | None) -> bool:
         """Pending -> the group's dead-letter stream with the raw entry, reason and error, in one step."""
-        keys = [d.keys.stream, d.keys.retry(self.group), d.keys.attempts(self.group), d.keys.deadletter(self.group)]
+        keys = [d.keys.stream, *self._retry_keys(d), d.keys.deadletter(self.group)]
         record = deadletter_fields(group=self.group, stream=d.keys.stream, stream_id=d.entry_id.decode(),
                                    original=d.fields, reason=reason, attempts=d.attempt, error=error)
-        args: list[bytes | str | int] = [self.group, d.entry_id, _source(d), self.dlq_max_length, *record]
+        args: list[bytes | str | int] = [self.group, d.entry_id, _source(d), self.dlq_max_length, self.consumer,
+                                         *record]
         dead_id = await self._settle(lambda: self._dead_letter(keys=keys, args=args))
         if dead_id:
             log.warning("dead-lettered %s %s in %s after %d attempt(s): %s", d.keys.stream, d.entry_id.decode(),
@@ -124,49 +145,65 @@ class Settler:
         for d in gone:
             log.warning("retry of %s %s in %s dropped: the entry was deleted from the stream",
                         d.keys.stream, d.entry_id.decode(), self.group)
-            await self._retry_done(keys=[d.keys.retry(self.group), d.keys.attempts(self.group)], args=[d.entry_id])
+            await self._retry_done(keys=list(self._retry_keys(d)), args=[d.entry_id])
 
     async def _settle(self, call: Callable[[], Awaitable[T]]) -> T | None:
-        """Run one settling call shielded from cancellation, retrying through short Redis outages. If Redis stays
-        away the entry is simply left where it is (pending or leased), to be reclaimed: never dropped."""
-        for attempt in range(6):
+        """Run one settling call shielded from cancellation, retrying through short outages (or once, at stop).
+        If Redis stays away or refuses (at maxmemory), the entry is left where it is (pending or leased), to be
+        reclaimed: never dropped. A fatal error propagates."""
+        tries = 1 if self.stopping else SETTLE_TRIES
+        for attempt in range(tries):
             try:
                 return await asyncio.shield(call())
-            except TRANSIENT as exc:
-                log.warning("settling in %s failed (%s); attempt %d", self.group, exc, attempt + 1)
-                await asyncio.sleep(0.1 * 2**attempt)
+            except REDIS_FAILURES as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning("settling in %s failed (%s: %s); attempt %d", self.group, classify(exc).value, exc,
+                            attempt + 1)
+                if attempt + 1 < tries:
+                    await asyncio.sleep(0.1 * 2**attempt)
         log.error("could not settle an entry in %s; it stays pending and will be reclaimed", self.group)
         return None
 
     async def heartbeat(self, held: list[Delivery], lease_ms: int) -> list[Delivery]:
-        """Refresh the lease of every held entry; returns those this consumer no longer owns."""
+        """Refresh the lease of every held entry (by Redis's clock); returns those this consumer no longer holds."""
         by_stream: dict[str, list[Delivery]] = {}
-        retries: list[Delivery] = []
+        by_retry_set: dict[tuple[str, str], list[Delivery]] = {}
         for d in held:
-            (retries if d.from_retry else by_stream.setdefault(d.keys.stream, [])).append(d)
-        lease_end = int(time.time() * 1000) + lease_ms
+            if d.from_retry:
+                by_retry_set.setdefault((d.keys.retry(self.group), d.keys.leases(self.group)), []).append(d)
+            else:
+                by_stream.setdefault(d.keys.stream, []).append(d)
         async with self.redis.pipeline(transaction=False) as pipe:
             for stream, ds in by_stream.items():
                 await self._heartbeat(keys=[stream], args=[self.group, self.consumer, *(d.entry_id for d in ds)],
                                       client=pipe)
-            for d in retries:  # GT: never pull back a later due time that a retry just scheduled
-                pipe.zadd(d.keys.retry(self.group), {d.entry_id: lease_end}, xx=True, gt=True)
+            for keys, ds in by_retry_set.items():
+                await self._refresh_leases(keys=list(keys), args=[lease_ms, self.consumer,
+                                                                  *(d.entry_id for d in ds)], client=pipe)
             replies = await pipe.execute()
-        lost_ids = {(stream, eid) for stream, reply in zip(by_stream, replies, strict=False) for eid in reply}
-        return [d for ds in by_stream.values() for d in ds if d.held_key in lost_ids]
+        lost = {(ds[0].keys.stream if ds else "", eid) for ds, reply in
+                zip([*by_stream.values(), *by_retry_set.values()], replies, strict=True) for eid in reply}
+        return [d for d in held if d.held_key in lost]
 
     async def hand_back(self, unstarted: list[Delivery]) -> None:
-        """Give entries we hold but will not start back to the group, so others can take them at once."""
-        now = int(time.time() * 1000)
+        """Give entries we hold but will not start back to the group, so others can take them at once (only those
+        this consumer still holds; their attempt and delivery counts stay what they were before we took them)."""
+        reads: dict[str, list[Delivery]] = {}
+        retries: dict[tuple[str, ...], list[Delivery]] = {}
+        for d in unstarted:
+            if d.from_retry:
+                retries.setdefault(self._retry_keys(d)[:3], []).append(d)
+            else:
+                reads.setdefault(d.keys.stream, []).append(d)
         async with self.redis.pipeline(transaction=False) as pipe:
-            for d in unstarted:
-                if d.from_retry:  # due again now; its attempt was counted when taken, so uncount it
-                    pipe.zadd(d.keys.retry(self.group), {d.entry_id: now}, xx=True)
-                    pipe.hincrby(d.keys.attempts(self.group), d.entry_id.decode(), -1)
-                else:
-                    # RETRYCOUNT: it never ran here, so the next claim (which counts one) must not count it twice
-                    pipe.xclaim(d.keys.stream, self.group, self.consumer, 0, [d.entry_id],
-                                idle=HANDED_BACK_IDLE_MS, justid=True, retrycount=max(0, d.attempt - 1))
+            for stream, ds in reads.items():
+                pairs = [x for d in ds for x in (d.entry_id, max(0, d.attempt - 1))]
+                await self._hand_back(keys=[stream], args=[self.group, self.consumer, HANDED_BACK_IDLE_MS, *pairs],
+                                      client=pipe)
+            for keys, ds in retries.items():
+                await self._hand_back_retries(keys=list(keys), args=[self.consumer, *(d.entry_id for d in ds)],
+                                              client=pipe)
             await pipe.execute()
 
 

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- KEYS: stream. ARGV: group, consumer, entry ids. Refreshes the lease of entries this consumer still owns
 -- (XCLAIM JUSTID resets idle time without counting a delivery). Returns the ids it no longer owns.
 local mine, lost = {}, {}

@@ -1,0 +1,85 @@
+"""The Redis client an App uses: every call has a deadline, and TCP keepalive is on.
+
+A connection that goes dark (a partition, a NAT or load-balancer idle drop, a host gone without a RST) would
+otherwise hang a read forever. Reads have the pool's `socket_timeout` (redis-py reads under asyncio.timeout; a
+blocking read passes its own deadline, its BLOCK plus a margin); writes get the same deadline here under
+asyncio.timeout, because redis-py writes under asyncio.wait_for, which on Python 3.11 can swallow a cancellation
+that arrives as the write completes. A deadline that passes drops the connection and raises redis' TimeoutError,
+which every loop treats as an outage (redis/errors.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+from redis import exceptions as rx
+from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection, UnixDomainSocketConnection
+
+from ..settings import Settings
+
+# Probe an idle connection after 10 s, every 5 s, and give up after 3 unanswered probes: a dead peer is noticed
+# within about 25 s even by a connection nobody writes to.
+KEEPALIVE = {getattr(socket, name): value for name, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3))
+             if hasattr(socket, name)}
+
+
+class _WriteDeadline(AbstractConnection):
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        timeout = self.socket_timeout
+        if not timeout:
+            return await super().send_packed_command(command, check_health)
+        try:
+            async with asyncio.timeout(timeout):
+                self.socket_timeout = None  # the base class would wrap the write in asyncio.wait_for
+                try:
+                    await super().send_packed_command(command, check_health)
+                finally:
+                    self.socket_timeout = timeout
+        except TimeoutError:
+            await self.disconnect(nowait=True)
+            raise rx.TimeoutError(f"writing to Redis took longer than {timeout}s") from None
+
+
+class TcpConnection(_WriteDeadline, Connection):
+    pass
+
+
+class TlsConnection(_WriteDeadline, SSLConnection):
+    pass
+
+
+class UnixConnection(_WriteDeadline, UnixDomainSocketConnection):
+    pass
+
+
+def _connection_class(url: str) -> type[AbstractConnection]:
+    scheme = urlsplit(url).scheme
+    return {"rediss": TlsConnection, "unix": UnixConnection}.get(scheme, TcpConnection)
+
+
+def command_deadline_s(settings: Settings) -> float:
+    return settings.redis_timeout_ms / 1000
+
+
+def read_deadline_s(settings: Settings, block_ms: int) -> float:
+    """How long a blocking read may take before the connection counts as dark: its BLOCK plus a command deadline."""
+    return block_ms / 1000 + command_deadline_s(settings)
+
+
+def redis_client(settings: Settings) -> aioredis.Redis:
+    """A client on a blocking pool (callers wait for a free connection rather than fail), bytes in and out."""
+    url = settings.redis_url
+    deadline = command_deadline_s(settings)
+    options: dict[str, Any] = {"socket_keepalive": True, "socket_keepalive_options": KEEPALIVE}
+    if _connection_class(url) is UnixConnection:
+        options = {}
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=settings.redis_max_connections, timeout=30, health_check_interval=30,
+        socket_timeout=deadline, socket_connect_timeout=deadline, **options)
+    # After parsing: the URL's scheme (rediss, unix) would override a class given to from_url.
+    pool.connection_class = _connection_class(url)
+    return aioredis.Redis(connection_pool=pool)
