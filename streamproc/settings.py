@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,6 +18,26 @@ _STANDARD_ENV = {
     "OTEL_SERVICE_NAME": "service_name",
     "FLY_REGION": "region",
     "FLY_MACHINE_ID": "instance",
+}
+_URL_SCHEMES = ("redis://", "rediss://", "unix://")
+_LOOP = "it is a loop's pause, and a shorter one spins in every process, costing Redis and CPU for nothing"
+# Number settings that break below (or above) some value: (lowest, highest, what goes wrong outside). Every other
+# number setting must be finite and not negative, and its 0 means what its comment says (off, none, every time).
+_LIMITS: dict[str, tuple[float, float, str]] = {
+    "lease_ms": (100, math.inf, "leases are renewed every lease_ms / 3: shorter ones spin, and entries of live "
+                                "consumers are reclaimed whenever a renewal is a little late"),
+    "block_ms": (1, math.inf, "BLOCK 0 waits forever, so a worker would never notice a stop"),
+    "batch_size": (1, math.inf, "a read of 0 entries reads nothing"),
+    "claim_interval_ms": (10, math.inf, _LOOP),
+    "retry_poll_ms": (10, math.inf, _LOOP),
+    "trim_interval_ms": (10, math.inf, _LOOP),
+    "dedup_window_ms": (1, math.inf, "Redis refuses an expiry of 0: every publish with an event id would append and "
+                                     "then fail, and each retry of it would append another copy"),
+    "redis_max_connections": (1, math.inf, "redis-py would take 0 for its default of 100"),
+    "deadletter_max_length": (1, math.inf, "0 would delete every dead letter as it is written"),
+    "metrics_port": (0, 65_535, "it is a TCP port (0: no endpoint)"),
+    "ingest_max_body_bytes": (1, math.inf, "every request would be refused as too large"),
+    "ingest_max_batch": (1, math.inf, "every request would be refused"),
 }
 
 
@@ -46,7 +67,8 @@ class Settings:
     # 0 turns the check off.
     max_backlog: int = 1_000_000
     backlog_check_ms: int = 1_000
-    # Fully acknowledged history is kept this long (so a new group can replay it) and at most this many entries.
+    # Fully acknowledged history is kept this long (so a new group can replay it) and at most this many entries
+    # (retention_max_length 0: no length limit).
     retention_ms: int = 86_400_000
     retention_max_length: int = 1_000_000
     trim_interval_ms: int = 10_000
@@ -55,6 +77,11 @@ class Settings:
     # Connections one process may open to Redis. Callers wait for a free one rather than fail (blocking pool);
     # each group's blocking read holds one, and handlers that use ctx.redis share the rest.
     redis_max_connections: int = 512
+    # Run even though Redis may evict keys (a maxmemory-policy other than noeviction), which workers and ingest
+    # otherwise refuse at start. Evicted keys vanish without a trace: unprocessed stream entries, scheduled retries
+    # (an entry waiting for its retry is no longer in the pending list), dead letters, and dedup markers (a publish
+    # retried after a lost reply appends a second copy). Only for data you can afford to lose.
+    allow_evicting_memory_policy: bool = False
     # Worker processes the supervisor runs; 0 means one per CPU.
     processes: int = 0
     # Dead-letter streams keep at most this many entries per (partition, group).
@@ -81,11 +108,9 @@ class Settings:
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
-                raise ConfigError(f"setting {field.name} must not be negative, got {value}")
-        if self.lease_ms < 10 or self.block_ms < 1 or self.batch_size < 1:
-            raise ConfigError("lease_ms >= 10, block_ms >= 1 and batch_size >= 1 are required")
+            _check_number(field.name, getattr(self, field.name))
+        if not self.redis_url.startswith(_URL_SCHEMES):
+            raise ConfigError(f"setting redis_url must start with one of {', '.join(_URL_SCHEMES)}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -104,6 +129,19 @@ class Settings:
 
     def replace(self, **changes: object) -> Settings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _check_number(name: str, value: object) -> None:
+    """Numbers must be finite and within _LIMITS (default: not negative); the error names the setting, its
+    environment variable, what is allowed and what would break."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return
+    low, high, why = _LIMITS.get(name, (0, math.inf, ""))
+    if math.isfinite(value) and low <= value <= high:
+        return
+    allowed = f"at least {low:g}" if high == math.inf else f"between {low:g} and {high:g}"
+    raise ConfigError(f"setting {name} ({ENV_PREFIX}{name.upper()}) must be {allowed} and finite, got {value!r}"
+                      + (f": {why}" if why else ""))
 
 
 def _parse(name: str, kind: object, raw: str) -> object:
