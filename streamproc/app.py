@@ -70,10 +70,23 @@ class App:
         self._publisher: Publisher | None = None
         self._coalescer: Coalescer | None = None
 
-    def register(self, *event_types: type[Event]) -> None:
-        """Declare event types that this app publishes or accepts even without a handler here."""
+    def register(self, *event_types: type[Event], groups: Iterable[str] | Mapping[str, StartAt] = ()) -> None:
+        """Declare event types that this app publishes or accepts even without a handler here.
+
+        `groups` names the consumer groups that read them elsewhere (another app's workers): a list of names (they
+        start with `start="new"`) or a mapping {name: start}. The publisher creates them before its first append,
+        so nothing published before their workers first run is missed, even after Redis lost its data.
+        """
+        if isinstance(groups, str):
+            groups = [groups]  # one name, not its letters
+        new: StartAt = "new"
+        wanted: dict[str, StartAt] = dict(groups) if isinstance(groups, Mapping) else dict.fromkeys(groups, new)
+        for group, start in wanted.items():
+            check_namespace(group)
+            if start not in ("new", "all"):
+                raise ConfigError(f"start must be 'new' or 'all', not {start!r}")
         for event_type in event_types:
-            self.topology.route(event_type)
+            self.topology.route(event_type).declared.update(wanted)
 
     def handler(
         self,

@@ -15,13 +15,19 @@ StartAt = Literal["new", "all"]
 
 @dataclass(slots=True)
 class TypeRoute:
-    """One event type: its codec, its partitions' keys, and the groups that consume it (group -> start)."""
+    """One event type: its codec, its partitions' keys, and the groups that consume it (group -> start): `groups`
+    those with a handler in this app, `declared` those this app only feeds (`App.register(..., groups=...)`)."""
 
     event_type: type[Event]
     tag: str
     codec: EventCodec[Event]
     partitions: list[PartitionKeys]
     groups: dict[str, StartAt] = field(default_factory=dict)
+    declared: dict[str, StartAt] = field(default_factory=dict)
+
+    def all_groups(self) -> dict[str, StartAt]:
+        """Every group this app declares on the type, with or without a handler here."""
+        return {**self.declared, **self.groups}
 
 
 class Topology:

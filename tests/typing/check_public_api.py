@@ -13,6 +13,11 @@ class CardAddedToLibrary(Event, tag="card.added"):
 
 app = App("social", settings=Settings(redis_url="redis://localhost:6379/0"))
 
+# A producer-only app declares the groups its events feed, so they exist before their workers first run.
+producer = App("social", settings=Settings(redis_url="redis://localhost:6379/0"))
+producer.register(CardAddedToLibrary, groups=["notifications"])
+producer.register(CardAddedToLibrary, groups={"search-index": "all"})
+
 
 @app.handler(CardAddedToLibrary, group="notifications", concurrency=50, max_attempts=5,
              backoff=Backoff(base=0.5, cap=60), timeout=10.0, start="all")
