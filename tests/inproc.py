@@ -12,7 +12,19 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 
-from streamproc import App, Context, DeadLettered, Event, Settings, read_deadletters, run_worker
+from streamproc import (
+    App,
+    Context,
+    DeadLettered,
+    Event,
+    Outgoing,
+    Published,
+    PublishError,
+    Settings,
+    new_event_id,
+    read_deadletters,
+    run_worker,
+)
 from streamproc.keys import PartitionKeys
 from tests.helpers import Predicate, wait_for
 
@@ -147,3 +159,14 @@ async def deadletters(redis: aioredis.Redis, keys: PartitionKeys, group: str) ->
 
 def partition(app: App, event_type: type[Event], index: int = 0) -> PartitionKeys:
     return app.topology.route(event_type).partitions[index]
+
+
+async def publish_until_accepted(app: App, events: list[Any], attempts: int = 200) -> list[Published]:
+    """Publish as a producer would through an outage: retrying PublishError, with the same event ids."""
+    outgoing = [Outgoing(e, event_id=new_event_id()) for e in events]
+    for _ in range(attempts):
+        try:
+            return await app.publish_many(outgoing)
+        except PublishError:
+            await asyncio.sleep(0.05)
+    raise AssertionError("Redis did not accept the events again")

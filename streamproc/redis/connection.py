@@ -23,8 +23,8 @@ from ..settings import Settings
 
 # Probe an idle connection after 10 s, every 5 s, and give up after 3 unanswered probes: a dead peer is noticed
 # within about 25 s even by a connection nobody writes to.
-KEEPALIVE = {getattr(socket, name): value for name, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3))
-             if hasattr(socket, name)}
+_PROBES = (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3))
+KEEPALIVE = {getattr(socket, name): value for name, value in _PROBES if hasattr(socket, name)}
 
 
 class _WriteDeadline(AbstractConnection):
@@ -41,7 +41,7 @@ class _WriteDeadline(AbstractConnection):
                     self.socket_timeout = timeout
         except TimeoutError:
             await self.disconnect(nowait=True)
-            raise rx.TimeoutError(f"writing to Redis took longer than {timeout}s") from None
+            raise rx.TimeoutError(f"sending a command to Redis took longer than {timeout}s") from None
 
 
 class TcpConnection(_WriteDeadline, Connection):

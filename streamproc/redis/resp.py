@@ -47,11 +47,17 @@ async def send_packed(redis: aioredis.Redis, commands: list[bytes], read_timeout
     Each reply has the pool's deadline, or `read_timeout` (for a blocking read: its BLOCK plus a margin)."""
     pool = redis.connection_pool
     conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+    usual = conn.socket_timeout
     try:
         await conn.send_packed_command(b"".join(commands))
-        return [await conn.read_response(timeout=read_timeout) for _ in commands]
+        # Not read_response(timeout=...): redis-py answers None for a passed explicit timeout and keeps the
+        # connection, whose reply may still come. With the connection's own timeout it disconnects and raises.
+        if read_timeout is not None:
+            conn.socket_timeout = read_timeout
+        return [await conn.read_response() for _ in commands]
     except BaseException:
         await conn.disconnect()  # replies may be left unread: this connection must not be reused
         raise
     finally:
+        conn.socket_timeout = usual
         await pool.release(conn)

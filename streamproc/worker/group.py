@@ -59,6 +59,7 @@ class GroupWorker:
         self.stopping = asyncio.Event()  # stop taking new work
         self._closed = asyncio.Event()  # stop the background loops (after in-flight work is settled)
         self.recovery = Recovery(self._recreate_groups, on_fatal or self._stop_on_fatal, self._note_failure)
+        self.settler.on_fatal = self.recovery.fatal
 
     @property
     def free(self) -> int:
@@ -73,6 +74,12 @@ class GroupWorker:
         if self.free <= 0:
             self._space.clear()
         self._pump()
+
+    def _not_done(self, reclaimed: list[Delivery]) -> list[Delivery]:
+        """Drop reclaimed entries whose ack is queued here: they ran, and the flusher is waiting out an outage
+        (their lease ran out meanwhile). Running them again would be a needless duplicate."""
+        queued = self.settler.queued()
+        return [d for d in reclaimed if d.held_key not in queued] if queued else reclaimed
 
     def _pump(self) -> None:
         """Start waiting deliveries while fewer than `concurrency` handlers are suspended."""
@@ -184,13 +191,13 @@ class GroupWorker:
 
     async def _claim_step(self) -> float:
         if self.free > 0:
-            self._take(await self.reader.claim_stalled(self.settings.lease_ms, self.free))
+            self._take(self._not_done(await self.reader.claim_stalled(self.settings.lease_ms, self.free)))
         return self.settings.claim_interval_ms / 1000
 
     async def _retry_step(self) -> float:
         if self.free > 0:
             ready, gone = await self.reader.take_retries(self.settings.lease_ms, self.free)
-            self._take(ready)
+            self._take(self._not_done(ready))
             if gone:
                 await self.settler.forget_retries(gone)
         return self.settings.retry_poll_ms / 1000

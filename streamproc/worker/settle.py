@@ -13,7 +13,7 @@ from typing import TypeVar
 
 import redis.asyncio as aioredis
 
-from ..redis.errors import classify, is_transient
+from ..redis.errors import Failure, FatalRedisError, classify, is_transient
 from ..redis.resp import pack_command, send_packed
 from ..redis.scripts import (
     DEAD_LETTER,
@@ -26,7 +26,7 @@ from ..redis.scripts import (
 )
 from .consume import Delivery
 from .deadletter import deadletter_fields
-from .loops import REDIS_FAILURES, backoff_s
+from .loops import MAX_PAUSE_S, REDIS_FAILURES, backoff_s
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +37,15 @@ SETTLE_TRIES = 6
 HANDED_BACK_IDLE_MS = 1_000_000_000
 
 
+def _raise(error: FatalRedisError) -> None:
+    raise error
+
+
 class Settler:
-    def __init__(self, redis: aioredis.Redis, group: str, consumer: str, dlq_max_length: int) -> None:
+    def __init__(self, redis: aioredis.Redis, group: str, consumer: str, dlq_max_length: int,
+                 on_fatal: Callable[[FatalRedisError], None] = _raise) -> None:
         self.redis = redis
+        self.on_fatal = on_fatal  # a fatal Redis error while settling stops the worker; the entry stays pending
         self.group = group
         self.consumer = consumer
         self.dlq_max_length = dlq_max_length
@@ -59,13 +65,18 @@ class Settler:
     def succeeded(self, d: Delivery) -> None:
         """Queue the ack; a flusher sends all queued acks in one pipeline."""
         if d.from_retry:
-            self._retries_done.setdefault(self._retry_keys(d), []).append(d.entry_id)
+            self._retries_done.setdefault((d.keys.stream, *self._retry_keys(d)), []).append(d.entry_id)
         else:
             self._acks.setdefault(d.keys.stream, []).append(d.entry_id)
         self._wakeup.set()
 
     def wake(self) -> None:
         self._wakeup.set()
+
+    def queued(self) -> set[tuple[str, bytes]]:
+        """The entries whose ack is queued, by (stream, entry id): done here, even if an outage holds the ack up."""
+        acked = {(stream, eid) for stream, ids in self._acks.items() for eid in ids}
+        return acked | {(keys[0], eid) for keys, ids in self._retries_done.items() for eid in ids}
 
     async def flush(self) -> None:
         """Send queued acks. On failure they are queued again (the entries stay pending meanwhile)."""
@@ -95,8 +106,8 @@ class Settler:
         async with self.redis.pipeline(transaction=False) as pipe:
             for stream, ids in acks.items():
                 pipe.xack(stream, self.group, *ids)
-            for keys, ids in done.items():
-                await self._retry_done(keys=list(keys), args=ids, client=pipe)
+            for keys, ids in done.items():  # (stream, retry set, attempts, leases, retried)
+                await self._retry_done(keys=list(keys[1:]), args=ids, client=pipe)
             await pipe.execute()
 
     async def run_flusher(self, closed: asyncio.Event) -> None:
@@ -113,7 +124,8 @@ class Settler:
                 failures = 0
             except REDIS_FAILURES as exc:
                 if not is_transient(exc):
-                    raise
+                    self.on_fatal(FatalRedisError(f"{self.group} acks", exc))
+                    return
                 failures += 1
                 log.warning("acking for %s failed (%s: %s); retrying", self.group, classify(exc).value, exc)
                 self._wakeup.set()
@@ -149,19 +161,28 @@ class Settler:
 
     async def _settle(self, call: Callable[[], Awaitable[T]]) -> T | None:
         """Run one settling call shielded from cancellation, retrying through short outages (or once, at stop).
-        If Redis stays away or refuses (at maxmemory), the entry is left where it is (pending or leased), to be
-        reclaimed: never dropped. A fatal error propagates."""
-        tries = 1 if self.stopping else SETTLE_TRIES
-        for attempt in range(tries):
+
+        While Redis is full (maxmemory, noeviction) the call is retried until memory is back or the worker stops,
+        holding the entry (its lease stays fresh): letting it go would run it again and again, and count
+        deliveries against an innocent entry. If Redis stays away, the entry is left where it is (pending or
+        leased), to be reclaimed: never dropped. A fatal error stops the worker (`on_fatal`); the entry stays."""
+        outages = 0
+        while True:
             try:
                 return await asyncio.shield(call())
             except REDIS_FAILURES as exc:
-                if not is_transient(exc):
-                    raise
-                log.warning("settling in %s failed (%s: %s); attempt %d", self.group, classify(exc).value, exc,
-                            attempt + 1)
-                if attempt + 1 < tries:
-                    await asyncio.sleep(0.1 * 2**attempt)
+                kind = classify(exc)
+                if kind is Failure.NOGROUP:  # the group went with its pending list; the readers recreate it
+                    log.warning("settling in %s: the group is gone (%s); nothing left to settle", self.group, exc)
+                    return None
+                if kind is Failure.FATAL:
+                    self.on_fatal(FatalRedisError(f"{self.group} settling", exc))
+                    return None
+                outages += kind is Failure.OUTAGE
+                if self.stopping or outages >= SETTLE_TRIES:
+                    break
+                log.warning("settling in %s failed (%s: %s); trying again", self.group, kind.value, exc)
+                await asyncio.sleep(backoff_s(outages) if kind is Failure.OUTAGE else MAX_PAUSE_S / 5)
         log.error("could not settle an entry in %s; it stays pending and will be reclaimed", self.group)
         return None
 

@@ -12,11 +12,11 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
-from streamproc import App, Backoff, Context, Event, Outgoing, Published, PublishError, new_event_id
+from streamproc import Backoff, Context, Event, Outgoing, PublishError, new_event_id
 from streamproc.keys import PartitionKeys
 from tests.ingestserver import CardAdded as IngestCard
 from tests.ingestserver import assert_problem, card, follow, make_app, post, serving
-from tests.inproc import Calls, handler_recording, open_app, partition, running, settled
+from tests.inproc import Calls, handler_recording, open_app, partition, publish_until_accepted, running, settled
 from tests.redis_server import RedisServer
 
 FAST_BACKOFF = Backoff(base=0.01, jitter=False)
@@ -53,7 +53,7 @@ async def test_worker_survives_redis_crash_and_restart(ns: str, fresh_redis: Red
             assert calls.distinct("g") < 300, "the crash must come mid-processing"
             await asyncio.to_thread(fresh_redis.kill)  # SIGKILL: no shutdown, only the fsynced AOF survives
             await asyncio.to_thread(fresh_redis.start)
-            after = await _publish_when_back(app, cards(50, "after"))
+            after = await publish_until_accepted(app, cards(50, "after"))
             wanted = {p.event_id for p in before + after}
             await worker.wait_for(lambda: wanted <= set(calls.of("g")), timeout=20,
                                   message="every event processed after the restart")
@@ -61,16 +61,6 @@ async def test_worker_survives_redis_crash_and_restart(ns: str, fresh_redis: Red
             await worker.wait_for(lambda: settled(app.redis, keys, "g"), timeout=10)
     assert set(calls.of("g")) == wanted, "nothing lost, nothing invented"
 
-
-async def _publish_when_back(app: App, events: list[CardAdded]) -> list[Published]:
-    """Publish as a producer would: retrying PublishError (with the same event ids) until Redis answers."""
-    outgoing = [Outgoing(e, event_id=new_event_id()) for e in events]
-    for _ in range(100):
-        try:
-            return await app.publish_many(outgoing)
-        except PublishError:
-            await asyncio.sleep(0.05)
-    raise AssertionError("Redis did not come back")
 
 
 async def test_lost_group_is_recreated_and_processing_goes_on(ns: str, redis_url: str,
