@@ -14,11 +14,13 @@ from datetime import UTC, datetime
 import msgspec
 import uvloop
 
+from .app import App
 from .devtools.dev import cmd_dev
 from .errors import StreamprocError
 from .http.auth import token_digest
 from .http.ingest import serve_ingest
 from .observe.logs import configure_logging
+from .redis.server import check_server
 from .settings import Settings
 from .worker.deadletter import DeadLettered, read_deadletters
 from .worker.supervisor import Supervisor, WorkerSpec, instrument, prepared_app, run_child
@@ -99,11 +101,21 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.inline:
         run_child(spec, serve_metrics=True)
         return 0
+    # Children check the server too, but there a refusal only gets them restarted: refuse once, here, with exit 2.
+    asyncio.run(_check_server(app))
     processes = args.processes or app.settings.processes or os.cpu_count() or 1
     supervisor = Supervisor(spec, processes, app.settings.grace_period_s)
     if app.settings.metrics_port:
         supervisor.serve_metrics(app)
     return supervisor.run()
+
+
+async def _check_server(app: App) -> None:
+    """Refuse a Redis streamproc cannot run on (UnsupportedServer); one that is down is the children's to wait for."""
+    try:
+        await check_server(app.redis, app.settings, unreachable_ok=True)
+    finally:
+        await app.aclose()
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:

@@ -13,6 +13,13 @@ class ConfigError(StreamprocError):
     """The app, a handler or a setting is declared wrongly (raised at start-up, not per event)."""
 
 
+class UnsupportedServer(ConfigError):
+    """The Redis server cannot be used as it is: too old, or configured to evict keys (redis/server.py). Raised at
+    the start of workers and the ingest; only changing the server (or the settings) helps."""
+
+    retriable = False
+
+
 class InvalidEvent(StreamprocError):
     """An event (or its id) that cannot be published as given; fix the input, retrying will not help."""
 

@@ -27,6 +27,7 @@ from ..observe.metrics import Metrics, StreamStateCollector
 from ..publish.coalesce import Coalescer
 from ..publish.groups import ensure_groups
 from ..publish.publisher import Prepared
+from ..redis.server import check_server
 from .auth import TokenCheck
 from .intake import FastIntake, Problem, decode_body, to_outgoing, with_request_ids
 from .openapi import openapi_document
@@ -84,6 +85,7 @@ class Ingest:
         if self.auth is None:
             log.warning("INGEST AUTHENTICATION IS OFF: anyone who can reach this port can append events. "
                         "Use this for local development only.")
+        await check_server(self.app.redis, self.app.settings, unreachable_ok=True)  # refuses an evicting Redis
         try:
             await self._ensure_groups()
         except Exception as exc:  # Redis not up yet: /readyz says so, and the first publish creates the groups
@@ -227,4 +229,3 @@ async def serve_ingest(app: App, host: str, port: int, stopping: asyncio.Event,
         await runner.cleanup()
         await app.aclose()
     log.info("ingest stopped cleanly")
-

@@ -13,6 +13,7 @@ from ..app import App
 from ..publish.groups import ensure_groups
 from ..redis.connection import command_deadline_s, read_deadline_s
 from ..redis.errors import FatalRedisError
+from ..redis.server import check_server
 from .group import GroupWorker
 from .loops import Recovery, until_done
 from .retention import maintain
@@ -45,6 +46,9 @@ async def run_worker(app: App, stopping: asyncio.Event, groups: list[str] | None
         fatal.append(error)
         stopping.set()
 
+    # A server streamproc cannot run on safely (too old, evicting keys) ends the start with UnsupportedServer.
+    await until_done("checking the Redis server", lambda: check_server(app.redis, app.settings), stopping,
+                     Recovery(_nothing, on_fatal))
     wanted = [(keys.stream, g, h.start) for g in chosen for h in by_group[g] for keys in h.route.partitions]
     # Redis may be down, loading or full right now: wait it out (until stopped) rather than fail the start.
     await until_done("creating consumer groups", lambda: ensure_groups(app.redis, wanted), stopping,
