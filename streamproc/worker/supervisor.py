@@ -21,19 +21,14 @@ from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 from prometheus_client import multiprocess as prometheus_multiprocess
 
 from ..app import App
-from ..errors import ConfigError
+from ..errors import ConfigError, StreamprocError
 from ..observe.logs import configure_logging
 from ..observe.metrics import Metrics, StreamStateCollector
 from ..observe.telemetry import tracing_from_settings
 from .process import run_worker
+from .restarts import CrashLoop, RestartPolicy
 
 log = logging.getLogger(__name__)
-
-# A child that stayed up this long is healthy again: its restart backoff starts over.
-HEALTHY_AFTER_S = 30.0
-MAX_RESTART_DELAY_S = 30.0
-# A child that dies after running this long is restarted after the shortest delay again.
-RAN_A_WHILE_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +86,16 @@ def run_child(spec: WorkerSpec, serve_metrics: bool = False) -> None:
         app.instruments.tracing.shutdown()
 
 
+def run_supervised_child(spec: WorkerSpec) -> None:
+    """A supervisor's child: an error streamproc raises on purpose (a refused server, a fatal Redis error) ends it
+    with its message and exit status 2, not a traceback. The supervisor restarts it with backoff."""
+    try:
+        run_child(spec)
+    except StreamprocError as exc:
+        log.error("worker process %d stopped: %s", os.getpid(), exc)
+        sys.exit(2)
+
+
 def instrument(app: App, role: str, serve_metrics: bool = False) -> None:
     """Turn on what the settings ask for: tracing (OTEL_TRACES_EXPORTER) and metrics (a metrics port)."""
     app.instruments.tracing = tracing_from_settings(app.settings, f"{app.name}-{role}")
@@ -132,10 +137,13 @@ class _Slot:
 
 
 class Supervisor:
-    def __init__(self, spec: WorkerSpec, processes: int, grace_period_s: float) -> None:
+    def __init__(self, spec: WorkerSpec, processes: int, grace_period_s: float,
+                 restarts: RestartPolicy | None = None) -> None:
         self.spec = spec
         self.slots = [_Slot() for _ in range(processes)]
         self.grace_period_s = grace_period_s
+        self.restarts = restarts or RestartPolicy()
+        self.crash_loop = CrashLoop(self.restarts)
         self.stopping = False
         self._mp = multiprocessing.get_context("spawn")
         self._metrics_dir: str | None = None
@@ -152,7 +160,7 @@ class Supervisor:
         log.info("metrics on http://0.0.0.0:%d/metrics", app.settings.metrics_port)
 
     def _start(self, slot: _Slot) -> None:
-        slot.process = self._mp.Process(target=run_child, args=(self.spec,), name="streamproc-worker")
+        slot.process = self._mp.Process(target=run_supervised_child, args=(self.spec,), name="streamproc-worker")
         slot.process.start()
         slot.started_at = time.monotonic()
         log.info("started worker process %s", slot.process.pid)
@@ -162,21 +170,28 @@ class Supervisor:
         now = time.monotonic()
         proc = slot.process
         if proc is not None and proc.is_alive():
-            if now - slot.started_at > HEALTHY_AFTER_S:
-                slot.failures = 0
             return
         if proc is not None and slot.restart_at == 0.0:
-            if now - slot.started_at >= RAN_A_WHILE_S:
-                slot.failures = 0  # it worked for a while: restart it promptly, this is not a crash loop
-            slot.failures += 1
-            delay = min(MAX_RESTART_DELAY_S, 0.25 * 2 ** (slot.failures - 1))
-            slot.restart_at = now + delay
-            log.error("worker process %s exited with %s; restarting in %.2fs", proc.pid, proc.exitcode, delay)
-            if self._metrics_dir is not None and proc.pid is not None:
-                prometheus_multiprocess.mark_process_dead(proc.pid, self._metrics_dir)  # type: ignore[no-untyped-call]
+            self._died(slot, proc, now)
         if now >= slot.restart_at:
             slot.restart_at = 0.0
             self._start(slot)
+
+    def _died(self, slot: _Slot, proc: multiprocessing.process.BaseProcess, now: float) -> None:
+        """Schedule the restart of a slot whose child died (backoff: restarts.py), and warn of a crash loop."""
+        ran = now - slot.started_at
+        slot.failures, delay = self.restarts.after_death(slot.failures, ran)
+        slot.restart_at = now + delay
+        log.error("worker process %s exited with %s; restarting in %.2fs (it ran %.1fs; death %d in a row)",
+                  proc.pid, proc.exitcode, delay, ran, slot.failures)
+        deaths = self.crash_loop.died(now)
+        if deaths is not None:
+            log.warning("crash loop: %d worker process deaths in the last %gs; restart delays double up to %gs. "
+                        "Each death hands the entries its process held to other workers with one more delivery "
+                        "counted: find the cause in the errors above", deaths,
+                        self.restarts.loop_window_s, self.restarts.max_delay_s)
+        if self._metrics_dir is not None and proc.pid is not None:
+            prometheus_multiprocess.mark_process_dead(proc.pid, self._metrics_dir)  # type: ignore[no-untyped-call]
 
     def _request_stop(self, signum: int, _frame: object) -> None:
         log.info("received %s; stopping workers (grace period %.1fs)", signal.Signals(signum).name,
