@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Bootstrap a dev/CI machine: ensure redis-server exists, create .venv, install
+# Bootstrap a dev/CI machine: ensure redis-server and faketime exist, create .venv, install
 # the project editable with dev extras. Idempotent and fast when already done.
 set -euo pipefail
 
@@ -31,24 +31,37 @@ find_redis() {
     command -v redis-server >/dev/null 2>&1
 }
 
-ensure_redis() {
-    find_redis && return 0
+# apt_install PACKAGE...: install Debian packages (as root, or with passwordless sudo); 1 if it cannot.
+apt_install() {
     local sudo=""
     if [[ "$(id -u)" -ne 0 ]]; then
         if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
             sudo="sudo"
         else
-            install_hint; die "redis-server not found and cannot install it (not root, no passwordless sudo)"
+            return 1
         fi
     fi
-    command -v apt-get >/dev/null 2>&1 || { install_hint; die "redis-server not found and apt-get is unavailable"; }
-    log "redis-server not found; installing via apt-get"
-    $sudo apt-get update -q
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q redis-server
+    command -v apt-get >/dev/null 2>&1 || return 1
+    log "installing $* via apt-get"
+    $sudo apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "$@" >/dev/null
+}
+
+ensure_redis() {
+    find_redis && return 0
+    log "redis-server not found"
+    apt_install redis-server || { install_hint; die "redis-server not found and cannot install it (no root or apt-get)"; }
     # Debian may auto-start a system service on :6379. The tests never use it:
     # tests/redis_server.py spawns private servers on free ports with their own
     # temp dirs, so the system service is simply left alone.
     command -v redis-server >/dev/null 2>&1 || die "apt-get install redis-server did not provide redis-server"
+}
+
+# faketime (libfaketime) gives one worker process of the fault tests a skewed clock.
+ensure_faketime() {
+    command -v faketime >/dev/null 2>&1 && return 0
+    apt_install faketime || die "faketime not found and cannot install it: apt-get install faketime (Debian/Ubuntu), brew install libfaketime (macOS)"
+    command -v faketime >/dev/null 2>&1 || die "apt-get install faketime did not provide faketime"
 }
 
 ensure_python() {
@@ -86,5 +99,6 @@ ensure_venv() {
 }
 
 ensure_redis
+ensure_faketime
 ensure_venv
 log "ok ($("${REDIS_SERVER:-redis-server}" --version | awk '{print $3}'), $("$VENV/bin/python" -V))"

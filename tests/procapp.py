@@ -20,7 +20,7 @@ import signal
 
 import redis.asyncio as aioredis
 
-from streamproc import App, Backoff, Context, Event, Settings
+from streamproc import App, Backoff, Context, Event, Retry, Settings
 
 # KEYS: runs, inflight, maxinflight, started. ARGV: event id, pid. One atomic step, so the max is exact.
 _START = """
@@ -54,6 +54,13 @@ class Hold(Event, tag="proc.hold"):
 
 class Fail(Event, tag="proc.fail"):
     """Always raises."""
+
+
+class Later(Event, tag="proc.later"):
+    """Fails its first attempt asking for a retry in `delay` seconds; each attempt records Redis's time
+    (`{ns}:attempted:{n}` hash event id -> ms), so a test can tell whether a retry ran before it was due."""
+
+    delay: float
 
 
 class Crash(Event, tag="proc.crash"):
@@ -131,6 +138,15 @@ def make_app(ns: str, settings: Settings | None = None) -> App:
         await rec.start(ctx)
         await rec.end(ctx.redis, ctx.event_id, False)
         raise RuntimeError(f"always fails (attempt {ctx.attempt})")
+
+    @app.handler(Later, group="later", concurrency=20)
+    async def later(event: Later, ctx: Context) -> None:
+        await rec.start(ctx)
+        seconds, micros = await ctx.redis.time()
+        await ctx.redis.hset(rec.key(f"attempted:{ctx.attempt}"), ctx.event_id, seconds * 1000 + micros // 1000)
+        await rec.end(ctx.redis, ctx.event_id, ctx.attempt > 1)
+        if ctx.attempt == 1:
+            raise Retry(delay=event.delay)
 
     @app.handler(Crash, group="crash", concurrency=2, max_attempts=5, max_deliveries=CRASH_MAX_DELIVERIES)
     async def crash(event: Crash, ctx: Context) -> None:

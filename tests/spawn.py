@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 
@@ -21,10 +21,11 @@ class Spawned:
         self.directory = directory
         self.procs: list[tuple[subprocess.Popen[bytes], Path]] = []
 
-    def streamproc(self, *args: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    def streamproc(self, *args: str, env: dict[str, str], prefix: Sequence[str] = ()) -> subprocess.Popen[bytes]:
+        """`python -m streamproc ARGS`, run through `prefix` if given (e.g. faketime)."""
         log = self.directory / f"proc{len(self.procs)}.log"
         with log.open("wb") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "streamproc", *args], env=env, stdout=out,
+            proc = subprocess.Popen([*prefix, sys.executable, "-m", "streamproc", *args], env=env, stdout=out,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         self.procs.append((proc, log))
         return proc
