@@ -23,6 +23,7 @@ from .observe.logs import configure_logging
 from .redis.server import check_server
 from .settings import Settings
 from .worker.deadletter import DeadLettered, read_deadletters
+from .worker.process import stop_budget_s
 from .worker.supervisor import Supervisor, WorkerSpec, instrument, prepared_app, run_child
 
 
@@ -104,7 +105,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     # Children check the server too, but there a refusal only gets them restarted: refuse once, here, with exit 2.
     asyncio.run(_check_server(app))
     processes = args.processes or app.settings.processes or os.cpu_count() or 1
-    supervisor = Supervisor(spec, processes, app.settings.grace_period_s)
+    supervisor = Supervisor(spec, processes, stop_budget_s(app.settings))  # children's stop, Redis deadlines included
     if app.settings.metrics_port:
         supervisor.serve_metrics(app)
     return supervisor.run()

@@ -14,6 +14,7 @@ from ..publish.groups import ensure_groups
 from ..redis.connection import command_deadline_s, read_deadline_s
 from ..redis.errors import FatalRedisError
 from ..redis.server import check_server
+from ..settings import Settings
 from .group import GroupWorker
 from .loops import Recovery, until_done
 from .retention import maintain
@@ -68,9 +69,14 @@ async def run_worker(app: App, stopping: asyncio.Event, groups: list[str] | None
         raise fatal[0]
 
 
+def stop_budget_s(settings: Settings) -> float:
+    """How long a worker process's graceful stop may take: the grace period, plus one read deadline (the
+    readers' last XREADGROUP) and one command deadline (the last flush), whatever Redis does."""
+    return settings.grace_period_s + read_deadline_s(settings, settings.block_ms) + command_deadline_s(settings)
+
+
 async def _within_stop_deadline(app: App, tasks: list[asyncio.Task[None]]) -> None:
-    settings = app.settings
-    deadline = settings.grace_period_s + read_deadline_s(settings, settings.block_ms) + command_deadline_s(settings)
+    deadline = stop_budget_s(app.settings)
     _, late = await asyncio.wait(tasks, timeout=deadline)
     if late:
         log.error("the stop took longer than %.1fs (grace period plus Redis deadlines); cancelling what is left "
