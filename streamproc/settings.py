@@ -27,6 +27,7 @@ _LIMITS: dict[str, tuple[float, float, str]] = {
     "lease_ms": (100, math.inf, "leases are renewed every lease_ms / 3: shorter ones spin, and entries of live "
                                 "consumers are reclaimed whenever a renewal is a little late"),
     "block_ms": (1, math.inf, "BLOCK 0 waits forever, so a worker would never notice a stop"),
+    "redis_timeout_ms": (10, math.inf, "a deadline shorter than a round trip turns every Redis call into an outage"),
     "batch_size": (1, math.inf, "a read of 0 entries reads nothing"),
     "claim_interval_ms": (10, math.inf, _LOOP),
     "retry_poll_ms": (10, math.inf, _LOOP),

@@ -57,7 +57,7 @@ def test_zero_loop_intervals_are_refused(name: str) -> None:
         Settings(**{name: 0})
 
 
-@pytest.mark.parametrize("name", ["lease_ms", "block_ms", "batch_size", "redis_max_connections",
+@pytest.mark.parametrize("name", ["lease_ms", "block_ms", "redis_timeout_ms", "batch_size", "redis_max_connections",
                                   "deadletter_max_length", "ingest_max_body_bytes", "ingest_max_batch"])
 def test_zero_is_refused_where_it_breaks(name: str) -> None:
     with pytest.raises(ConfigError, match=name):
