@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 
 from streamproc import Backoff, Context, DeadLetter, Event
 from streamproc.redis.errors import FatalRedisError
+from tests.faults.redis_faults import fill_memory, in_sync, noeviction_server, replicated_pair, switch_primary
 from tests.helpers import wait_for
 from tests.inproc import Calls, handler_recording, open_app, partition, publish_until_accepted, running, settled
 from tests.redis_server import RedisServer
@@ -87,44 +88,29 @@ async def test_a_flushed_script_cache_is_reloaded(ns: str, fresh_redis: RedisSer
 
 @pytest.fixture
 def replicated() -> Iterator[tuple[RedisServer, RedisServer]]:
-    primary = RedisServer()
-    primary.start()
-    replica = RedisServer(extra=["--replicaof", "127.0.0.1", str(primary.port)])
-    replica.start()
-    try:
-        yield primary, replica
-    finally:
-        replica.cleanup()
-        primary.cleanup()
+    with replicated_pair() as pair:
+        yield pair
 
 
-def _in_sync(server: RedisServer) -> bool:
-    with redis.Redis(port=server.port) as client:
-        info = client.info("replication")
-        return info.get("master_link_status") == "up" and info.get("master_sync_in_progress") == 0
-
-
-async def _switch(new_primary: RedisServer, new_replica: RedisServer) -> None:
-    """A failover by hand: promote one, demote the other to replicate from it, wait until it is in sync."""
-    with redis.Redis(port=new_primary.port) as p, redis.Redis(port=new_replica.port) as r:
-        p.replicaof("NO", "ONE")
-        r.replicaof("127.0.0.1", str(new_primary.port))
-    await wait_for(lambda: _in_sync(new_replica), timeout=15, message="replica in sync")
+@pytest.fixture
+def full_redis() -> Iterator[RedisServer]:
+    with noeviction_server() as server:
+        yield server
 
 
 async def test_a_demoted_primary_is_waited_out_until_it_is_primary_again(
         ns: str, replicated: tuple[RedisServer, RedisServer]) -> None:
     primary, replica = replicated
-    await wait_for(lambda: _in_sync(replica), timeout=15, message="replica in sync")
+    await wait_for(lambda: in_sync(replica), timeout=15, message="replica in sync")
     calls = Calls()
     async with open_app(ns, primary.url, lease_ms=5_000) as app:
         app.handler(CardAdded, group="g", backoff=FAST_BACKOFF)(handler_recording(calls, fails_first))
         first = await app.publish_many(cards(20, "first"))
         async with running(app) as worker:
             await worker.wait_for(lambda: calls.distinct("g") == 20)
-            await _switch(replica, primary)  # the worker's node is a read-only replica now: READONLY, UNBLOCKED
+            await switch_primary(replica, primary)  # the worker's node is a read-only replica now: READONLY, UNBLOCKED
             await asyncio.sleep(0.5)
-            await _switch(primary, replica)  # and primary again, with what the other one had
+            await switch_primary(primary, replica)  # and primary again, with what the other one had
             second = await publish_until_accepted(app, cards(20, "second"))
             await worker.wait_for(lambda: calls.distinct("g") == 40, timeout=15)
             await worker.wait_for(lambda: settled(app.redis, partition(app, CardAdded), "g"), timeout=15)
@@ -135,38 +121,19 @@ async def test_a_demoted_primary_is_waited_out_until_it_is_primary_again(
     assert 0 <= extra <= 20
 
 
-@pytest.fixture
-def full_redis() -> Iterator[RedisServer]:
-    server = RedisServer(extra=["--maxmemory-policy", "noeviction"])
-    server.start()
-    try:
-        yield server
-    finally:
-        server.cleanup()
-
-
-async def _fill(client: aioredis.Redis) -> None:
-    """Bring Redis to its memory limit: a large filler key, then maxmemory set just below what is used."""
-    await client.set("filler", b"x" * 8_000_000)
-    used = (await client.info("memory"))["used_memory"]
-    await client.config_set("maxmemory", used - 1_000_000)  # well below: what acks free cannot bring it back
-    with pytest.raises(redis.exceptions.OutOfMemoryError):
-        await client.set("probe", b"y" * 1000)
-
-
 async def test_at_maxmemory_acks_go_on_retries_wait_and_everything_resumes(ns: str, full_redis: RedisServer) -> None:
     calls = Calls()
     async with open_app(ns, full_redis.url, lease_ms=1_000) as app:
         app.handler(CardAdded, group="g", backoff=FAST_BACKOFF)(handler_recording(calls, fails_first))
         events = await app.publish_many(cards(40))
-        await _fill(app.redis)
+        await fill_memory(app.redis)
         async with running(app) as worker:  # a worker can start while Redis is full
             await worker.wait_for(lambda: calls.distinct("g") == 40, timeout=10)
             keys = partition(app, CardAdded)
             # Successes are acked at maxmemory (XACK needs no memory); failures cannot be scheduled for retry.
             await worker.wait_for(lambda: _pending_is(app.redis, keys.stream, 8), timeout=10)
             await asyncio.sleep(1.5)  # past the lease: the held failures must not be run again meanwhile
-            assert calls.total("g") == 40
+            assert calls.total("g") == 40, "nothing ran again while Redis was full"
             await app.redis.delete("filler")
             await worker.wait_for(lambda: settled(app.redis, keys, "g"), timeout=15)
     runs = calls.of("g")
