@@ -6,8 +6,17 @@
     {ns}:leases:{card.added:3}:{group}         hash: entry id -> consumer that holds a due retry's lease now
     {ns}:retried:{card.added:3}:{group}        sorted set: entry id -> its ms time, for entries in retry, so that
                                                trimming reads the oldest one in O(log n)
+    {ns}:starts:{card.added:3}:{group}         hash: entry id -> starts of a reclaimed entry, recorded before each
+                                               (a first read's start is not: reads pay nothing), for max_deliveries
     {ns}:dlq:{card.added:3}:{group}            the group's dead-letter stream for this partition
     {ns}:dedup:{card.added:3}:{event id}       marker of a producer-given event id (expires after the window)
+    {ns}:groups:{card.added:3}                 hash: group -> start option ("new"/"all"), every group an app declared
+                                               on the stream, so every publisher and worker creates all of them
+    {ns}:declared:{card.added:3}               sorted set: group -> when a process last declared it (ms, Redis
+                                               time); a group nobody declared for a week is an orphan
+    {ns}:checkpoints:{card.added:3}            hash: group -> the id it is recreated at if it vanishes while the
+                                               stream does not (refreshed by maintenance)
+    {ns}:trimlock:{card.added:3}               the consumer trimming the stream now (expires after one interval)
 """
 
 from __future__ import annotations
@@ -49,11 +58,35 @@ class PartitionKeys:
     def retried(self, group: str) -> str:
         return f"{self.ns}:retried:{self.hash_tag}:{group}"
 
+    def starts(self, group: str) -> str:
+        return f"{self.ns}:starts:{self.hash_tag}:{group}"
+
     def deadletter(self, group: str) -> str:
         return f"{self.ns}:dlq:{self.hash_tag}:{group}"
 
     def dedup(self, event_id: str) -> str:
         return f"{self.ns}:dedup:{self.hash_tag}:{event_id}"
+
+    def groups(self) -> str:
+        return f"{self.ns}:groups:{self.hash_tag}"
+
+    def declared(self) -> str:
+        return f"{self.ns}:declared:{self.hash_tag}"
+
+    def checkpoints(self) -> str:
+        return f"{self.ns}:checkpoints:{self.hash_tag}"
+
+    def trim_lock(self) -> str:
+        return f"{self.ns}:trimlock:{self.hash_tag}"
+
+    @classmethod
+    def of_stream(cls, stream: str) -> PartitionKeys:
+        """The keys of the partition whose stream key is `stream` (namespaces and tags hold no colons or braces)."""
+        ns, sep, rest = stream.partition(":ev:{")
+        tag, colon, partition = rest.removesuffix("}").rpartition(":")
+        if not (sep and colon and rest.endswith("}") and partition.isdigit()):
+            raise ValueError(f"{stream!r} is not a streamproc stream key")
+        return cls(ns, tag, int(partition))
 
 
 def partition_keys(ns: str, tag: str, partitions: int) -> list[PartitionKeys]:

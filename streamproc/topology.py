@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -53,3 +54,17 @@ class Topology:
 
     def all_group_names(self) -> list[str]:
         return sorted({g for route in self.by_tag.values() for g in route.groups})
+
+
+# A group that no process has declared for this long is an orphan (a renamed or removed handler group): it is no
+# longer created, and trimming and backpressure ignore it. Like Kafka's offsets.retention for empty groups.
+ORPHAN_AFTER_MS = 7 * 86_400_000
+
+
+def is_declared(group: str, own: Collection[str], registry: Collection[str], declared_at_ms: float | None,
+                now_ms: float, window_ms: int = ORPHAN_AFTER_MS) -> bool:
+    """Whether a group on a stream counts: this app declares it, or the stream's registry holds it and some process
+    declared it within the window (or never said when: kept, to be safe). Otherwise it is an orphan."""
+    if group in own:
+        return True
+    return group in registry and (declared_at_ms is None or declared_at_ms >= now_ms - window_ms)

@@ -5,7 +5,7 @@ that sums every child (prometheus_client multiprocess mode, PROMETHEUS_MULTIPROC
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
 import redis
@@ -13,7 +13,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ..topology import Topology
+from ..keys import PartitionKeys
+from ..topology import Topology, is_declared
 
 HANDLER_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -74,6 +75,8 @@ class StreamStateCollector(Collector):
                                    "Age of the oldest pending entry", labels=labels)
         retries = GaugeMetricFamily("streamproc_group_scheduled_retries", "Entries waiting for a retry", labels=labels)
         dead = GaugeMetricFamily("streamproc_group_dead_letters", "Entries in the dead-letter stream", labels=labels)
+        orphans = GaugeMetricFamily("streamproc_orphan_groups", "Consumer groups on the stream that no app declares "
+                                    "(renamed or removed handler groups: `streamproc groups list`)", labels=["stream"])
         try:
             for route in self.topology.by_tag.values():
                 for keys in route.partitions:
@@ -81,9 +84,24 @@ class StreamStateCollector(Collector):
                         values = self._group_state(keys.stream, group, keys.retry(group), keys.deadletter(group))
                         for family, value in zip((lag, pending, oldest, retries, dead), values, strict=True):
                             family.add_metric([keys.stream, group], value)
+                    orphans.add_metric([keys.stream], self._orphans(keys, route.all_groups()))
         except redis.RedisError:
             pass  # Redis unreachable: expose what we have; the up/scrape metrics show the failure
-        yield from (lag, pending, oldest, retries, dead)
+        yield from (lag, pending, oldest, retries, dead, orphans)
+
+    def _orphans(self, keys: PartitionKeys, own: Collection[str]) -> int:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xinfo_groups(keys.stream)
+        pipe.hkeys(keys.groups())
+        pipe.zrange(keys.declared(), 0, -1, withscores=True)
+        infos, registry, declared = pipe.execute(raise_on_error=False)
+        if not isinstance(infos, list):
+            return 0  # no stream yet
+        names = {_text(name) for name in registry}
+        at = {_text(name): score for name, score in declared}
+        now_ms = time.time() * 1000
+        return sum(1 for info in infos
+                   if not is_declared(name := _text(info.get("name")), own, names, at.get(name), now_ms))
 
     def _group_state(self, stream: str, group: str, retry_key: str, dlq_key: str) -> tuple[float, ...]:
         pipe = self.redis.pipeline(transaction=False)

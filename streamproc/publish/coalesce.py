@@ -80,11 +80,12 @@ class Coalescer:
             start += len(r.prepared)
 
     async def _refuse_full(self, batch: list[_Request]) -> list[_Request]:
-        """Fail the requests that write to a stream over its backlog limit, so they don't sink the others."""
+        """Fail the requests that would take a stream past its backlog limit, so they don't sink the others; the
+        accepted ones are counted in the publisher's backlog estimates (reserved), so the batch as a whole fits."""
         accepted = []
         for r in batch:
             try:
-                await self.publisher.check_backlog({p.keys.stream for p in r.prepared})
+                await self.publisher.reserve(r.prepared)
             except Exception as exc:
                 # Redis away during the check: a PublishError (503 at ingest) like a failed append, not a raw
                 # redis ConnectionError (which ingest answered with a 500).

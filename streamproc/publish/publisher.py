@@ -19,12 +19,16 @@ from ..event import Event, check_event_id, new_event_id, partition_of
 from ..keys import PartitionKeys
 from ..observe.instruments import Instruments
 from ..redis.resp import EXEC, MULTI, pack_fields, send_packed, xadd_prefix
-from ..redis.scripts import PUBLISH_ONCE
+from ..redis.scripts import BACKLOG, PUBLISH_ONCE
 from ..settings import Settings
-from ..topology import Topology, TypeRoute
-from .groups import ensure_groups
+from ..topology import ORPHAN_AFTER_MS, StartAt, Topology, TypeRoute
+from .groups import Wanted, ensure_declared
 
 log = logging.getLogger(__name__)
+
+# When Redis does not know a group's lag, the backlog check counts its unread entries up to this many (beyond, it
+# takes an upper bound from the group's read counter): the cost of one check stays bounded whatever the limit.
+BACKLOG_COUNT_MAX = 10_000
 
 
 class Published(msgspec.Struct, frozen=True):
@@ -54,10 +58,20 @@ class Prepared:
     fields: dict[bytes, bytes | str | int]
     dedup: bool
     span: Span | None = None
+    reserved: bool = False  # counted in its stream's backlog estimate already (Publisher.reserve)
+
+
+@dataclass(slots=True)
+class _Backlog:
+    """A stream's backlog as Redis reported it at `read_at`, plus what this publisher appended since."""
+
+    read_at: float
+    estimate: int
 
 
 class Publisher:
-    """Appends events; one per App. Remembers which streams have their groups and recent backlog checks."""
+    """Appends events; one per App. Remembers which streams have their groups, which groups are declared on each
+    (this app's and the registry's, to recreate them all if Redis loses its data), and each stream's backlog."""
 
     def __init__(self, redis: aioredis.Redis, topology: Topology, settings: Settings,
                  instruments: Instruments | None = None) -> None:
@@ -66,9 +80,12 @@ class Publisher:
         self._topology = topology
         self._settings = settings
         self._ready: set[str] = set()
-        self._backlog_checked: dict[str, tuple[float, int]] = {}
+        self._declared: dict[str, dict[str, StartAt]] = {}
+        self._grouped: set[str] = set()  # streams with declared groups: appended with NOMKSTREAM (_append_all)
+        self._backlogs: dict[str, _Backlog] = {}
         self._prefixes: dict[tuple[str, int, bool], bytes] = {}
         self._publish_once = redis.register_script(PUBLISH_ONCE)
+        self._backlog_script = redis.register_script(BACKLOG)
 
     async def publish_many(self, items: Iterable[Event | Outgoing], atomic: bool = False) -> list[Published]:
         """Append all events in one pipelined round trip (plus one to create groups on first use)."""
@@ -84,7 +101,7 @@ class Publisher:
             return []
         try:
             await self._ensure_ready(prepared)
-            await self.check_backlog({p.keys.stream for p in prepared})
+            await self.reserve(prepared)
             replies = await self._append_all(prepared, atomic)
         except RedisError as exc:
             self._ready.clear()  # Redis may have restarted empty: create groups again before the next append
@@ -126,12 +143,20 @@ class Publisher:
         return prepared
 
     async def _ensure_ready(self, prepared: list[Prepared]) -> None:
-        todo = {p.keys.stream: p.route for p in prepared if p.keys.stream not in self._ready}
+        """Before the first append to a stream (and again after Redis lost its data), create every group declared on
+        it: this app's, the registry's, and those learned from the registry before (it may have been lost too)."""
+        todo = {p.keys.stream: p for p in prepared if p.keys.stream not in self._ready}
         if not todo:
             return
-        wanted = [(stream, g, start) for stream, route in todo.items() for g, start in route.groups.items()]
-        await ensure_groups(self._redis, wanted)
+        wanted = [Wanted(p.keys, p.route.all_groups(), self._declared.get(stream, {})) for stream, p in todo.items()]
+        for keys, declared in (await ensure_declared(self._redis, wanted)).items():
+            self._learn(keys.stream, declared)
         self._ready.update(todo)
+
+    def _learn(self, stream: str, declared: dict[str, StartAt]) -> None:
+        self._declared.setdefault(stream, {}).update(declared)
+        if self._declared[stream]:
+            self._grouped.add(stream)
 
     async def _append_all(self, prepared: list[Prepared], atomic: bool) -> list[object]:
         """Append. Entries whose stream vanished after its groups were made (Redis lost its data while this publisher
@@ -141,6 +166,8 @@ class Publisher:
         missing = [i for i, reply in enumerate(replies) if reply is None]
         if missing:
             again = [prepared[i] for i in missing]
+            log.warning("stream(s) %s vanished (did Redis lose its data?); creating their groups again first",
+                        ", ".join(sorted({p.keys.stream for p in again})))
             self._ready.difference_update(p.keys.stream for p in again)
             await self._ensure_ready(again)
             for i, reply in zip(missing, await self._append(again, atomic), strict=True):
@@ -155,7 +182,7 @@ class Publisher:
         window = self._settings.dedup_window_ms
         async with self._redis.pipeline(transaction=atomic) as pipe:
             for p in prepared:
-                nomkstream = bool(p.route.groups)  # a stream with groups is made by ensure_groups: see _append_all
+                nomkstream = p.keys.stream in self._grouped  # a stream with groups is made with them: _append_all
                 if p.dedup:
                     args = [window, int(nomkstream), *(x for kv in p.fields.items() for x in kv)]
                     await self._publish_once(keys=[p.keys.stream, p.keys.dedup(p.event_id)], args=args, client=pipe)
@@ -176,49 +203,54 @@ class Publisher:
         return replies
 
     def _prefix(self, p: Prepared) -> bytes:
-        key = (p.keys.stream, len(p.fields), bool(p.route.groups))  # NOMKSTREAM iff it has groups: _append_all
+        key = (p.keys.stream, len(p.fields), p.keys.stream in self._grouped)  # NOMKSTREAM iff it has groups
         prefix = self._prefixes.get(key)
         if prefix is None:
             prefix = self._prefixes[key] = xadd_prefix(*key)
         return prefix
 
-    async def check_backlog(self, streams: set[str]) -> None:
-        """Raise BacklogFull if any of the streams is over its backlog limit (checks are cached briefly)."""
+    async def reserve(self, prepared: list[Prepared]) -> None:
+        """Raise BacklogFull if the events would take a stream's backlog past `max_backlog`; else count them in
+        (once: events reserved before, as the coalescer does per request, are not counted again).
+
+        Each stream's backlog is read from Redis at most every `backlog_check_ms`; in between, what this publisher
+        appends is added to it, so no batch of any size takes it past the limit unseen (no Redis call per batch)."""
         limit = self._settings.max_backlog
         if not limit:
             return
+        counts: dict[str, int] = {}
+        for p in prepared:
+            if not p.reserved:
+                counts[p.keys.stream] = counts.get(p.keys.stream, 0) + 1
         now = time.monotonic()
         interval = self._settings.backlog_check_ms / 1000
-        stale = [s for s in streams if now - self._backlog_checked.get(s, (-1e9, 0))[0] >= interval]
+        backlogs = self._backlogs
+        stale = [s for s in counts if s not in backlogs or now - backlogs[s].read_at >= interval]
         if stale:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for stream in stale:
-                    pipe.xinfo_groups(stream)
-                    pipe.xlen(stream)
-                replies = await pipe.execute(raise_on_error=False)
-            for i, stream in enumerate(stale):
-                groups = replies[2 * i]
-                # A stream that vanished (Redis lost its data) has no backlog; _append_all recreates it with its
-                # groups. Only that error is ignored ("no such key"); connection errors raise from execute().
-                if isinstance(groups, Exception) and "no such key" not in str(groups):
-                    raise groups
-                backlog = 0 if isinstance(groups, Exception) else _backlog(groups, replies[2 * i + 1])
-                self._backlog_checked[stream] = (now, backlog)
-        for stream in streams:
-            backlog = self._backlog_checked[stream][1]
-            if backlog >= limit:
-                raise BacklogFull(stream, backlog, limit)
+            await self._read_backlogs(stale, {p.keys.stream: p for p in prepared}, now)
+        for stream, n in counts.items():
+            if backlogs[stream].estimate + n > limit:
+                raise BacklogFull(stream, backlogs[stream].estimate, limit)
+        for stream, n in counts.items():
+            backlogs[stream].estimate += n
+        for p in prepared:
+            p.reserved = True
 
-
-def _backlog(groups: list[dict[str, object]], length: int) -> int:
-    """Entries the slowest group has not finished: not yet read (lag) plus read but not acked (pending)."""
-    worst = 0
-    for g in groups:
-        lag = g.get("lag")
-        pending = g.get("pending")
-        unread = lag if isinstance(lag, int) else length  # lag is unknown after some deletions: assume the worst
-        worst = max(worst, unread + (pending if isinstance(pending, int) else 0))
-    return worst
+    async def _read_backlogs(self, streams: list[str], by_stream: dict[str, Prepared], now: float) -> None:
+        """One script call per stream (see redis/lua/backlog.lua), pipelined."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for stream in streams:
+                p = by_stream[stream]
+                groups = sorted({**self._declared.get(stream, {}), **p.route.all_groups()})
+                keys = [stream, p.keys.groups(), p.keys.declared(), *(p.keys.retry(g) for g in groups)]
+                args: list[str | int] = [ORPHAN_AFTER_MS, self._settings.max_backlog, BACKLOG_COUNT_MAX, *groups]
+                await self._backlog_script(keys=keys, args=args, client=pipe)
+            replies = await pipe.execute()
+        for stream, (backlog, learned) in zip(streams, replies, strict=True):
+            self._backlogs[stream] = _Backlog(now, int(backlog))
+            if learned:  # declared by another app since this publisher looked: counted from now on
+                self._learn(stream, {_text(learned[i]): cast(StartAt, _text(learned[i + 1]))
+                                     for i in range(0, len(learned), 2)})
 
 
 def _published(p: Prepared, reply: object) -> Published:

@@ -173,7 +173,7 @@ def test_stream_state_when_redis_is_unreachable_yields_empty_families() -> None:
         collector.redis.close()
     assert set(families) == {"streamproc_group_lag", "streamproc_group_pending",
                              "streamproc_group_oldest_pending_age_seconds", "streamproc_group_scheduled_retries",
-                             "streamproc_group_dead_letters"}
+                             "streamproc_group_dead_letters", "streamproc_orphan_groups"}
     assert all(samples == [] for samples in families.values())
 
 

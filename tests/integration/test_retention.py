@@ -3,13 +3,18 @@ acknowledged history is trimmed by age and length, and idle consumers go unless 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
+import pytest
 import redis.asyncio as aioredis
 
-from streamproc import App, Backoff, Context, Event
+from streamproc import App, Backoff, Context, Event, PublishError
 from streamproc.keys import PartitionKeys
-from streamproc.worker.retention import maintain_once, trim_stream
+from streamproc.publish.groups import ensure_groups
+from streamproc.worker.retention import Trimmed, TrimPass, maintain_once, trim_partition, trim_stream
 from tests.helpers import wait_for
 from tests.inproc import Calls, handler_recording, open_app, partition, pending, running, settled
+from tests.redis_server import RedisServer
 
 LONG = 10**12  # a retention age no entry reaches
 
@@ -160,3 +165,110 @@ async def test_idle_consumers_are_removed_unless_they_own_entries(ns: str, redis
         assert set(left) == {"owner", "me", "fresh"}, "only the idle consumer without pending entries goes"
         assert left["owner"]["pending"] == 2
         assert await pending(redis, keys.stream, "g") == 2
+
+
+# Trimming that scales: bounded reads, every key declared, one trimmer at a time, room to run when Redis is full ------
+
+
+async def _retry_index(redis: aioredis.Redis, keys: PartitionKeys, group: str, ids: list[bytes]) -> None:
+    """Put entries into a group's retry schedule as the settle scripts keep it: the retry set, and the retried
+    index (entry id -> its millisecond) that trimming reads."""
+    await redis.zadd(keys.retry(group), {i: 10**13 for i in ids})
+    await redis.zadd(keys.retried(group), {i: int(i.split(b"-")[0]) for i in ids})
+
+
+async def _lua_commands(redis_url: str, work: Callable[[], Awaitable[object]]) -> list[list[str]]:
+    """The commands scripts ran on the server while `work` ran (MONITOR), each as its words."""
+    watcher = aioredis.Redis.from_url(redis_url)
+    try:
+        async with watcher.monitor() as monitor:
+            await work()
+            await watcher.echo("end-of-work")
+            seen: list[list[str]] = []
+            while True:
+                command = await monitor.next_command()
+                if "end-of-work" in command["command"]:
+                    return seen
+                if command.get("client_type") == "lua":
+                    seen.append(command["command"].split())
+    finally:
+        await watcher.aclose()
+
+
+@pytest.mark.parametrize("retries", [300, 3000])
+async def test_trim_reads_the_head_of_the_retry_index_only(ns: str, redis_url: str, redis: aioredis.Redis,
+                                                          retries: int) -> None:
+    """With hundreds or thousands of scheduled retries, one trim call runs the same few commands: it never reads a
+    whole retry set (a million retries once blocked Redis 2.4 s per call)."""
+    async with open_app(ns, redis_url) as app:
+        app.handler(CardAdded, group="g")(noop)
+        app.handler(CardAdded, group="h")(noop)
+        published = await app.publish_many(cards(retries + 100))
+        keys = partition(app, CardAdded)
+        for group in ("g", "h"):
+            await _consume(redis, keys, group, retries + 100)
+        scheduled = [p.stream_id.encode() for p in published[100:]]  # every entry from the 101st is in retry
+        await _retry_index(redis, keys, "g", scheduled)
+        trimmed: list[int] = []
+
+        async def trim() -> None:
+            trimmed.append(await _trim_all(redis, keys))
+
+        commands = await _lua_commands(redis_url, trim)
+        # Everything before the oldest scheduled retry; or, when its millisecond holds 100 retries or more (too many
+        # to read), everything before that millisecond.
+        ms = [int(p.stream_id.split("-")[0]) for p in published]
+        crowded = sum(1 for m in ms[100:] if m == ms[100]) >= 100
+        assert trimmed == [sum(1 for m in ms if m < ms[100]) if crowded else 100]
+        assert crowded or await _first_id(redis, keys.stream) == scheduled[0]
+        reads = [c for c in commands if c[0].strip('"').upper() == "ZRANGE"]
+        print(f"{retries} retries: {len(commands)} commands in the trim script, ZRANGE calls {reads}")
+        assert len(commands) <= 25, commands
+        assert len(reads) == 3, "the head of each group's index (g, h), then (at most 100 of) g's oldest millisecond"
+        assert not any('"-1"' in c for c in reads), "no ZRANGE 0 -1"
+        named = {c[2 if c[0].strip('"').upper() == "XINFO" else 1].strip('"') for c in commands
+                 if c[0].strip('"').upper() != "TIME"}
+        assert named <= {keys.stream, keys.groups(), keys.declared(), keys.checkpoints(), keys.retried("g"),
+                         keys.retried("h")}, "only keys the call declared"
+
+
+async def test_one_process_trims_a_stream_at_a_time(ns: str, redis_url: str, redis: aioredis.Redis) -> None:
+    async with open_app(ns, redis_url) as app:
+        app.handler(CardAdded, group="g")(noop)
+        await app.publish_many(cards(30))
+        keys = partition(app, CardAdded)
+        await _consume(redis, keys, "g", 10)
+
+        def by(owner: str) -> TrimPass:
+            return TrimPass(keys, retention_ms=0, max_length=0, own=("g",), owner=owner, lock_ms=60_000)
+
+        assert await trim_partition(redis, by("a")) == Trimmed(10, "trimmed")
+        await _consume(redis, keys, "g", 10)
+        assert await trim_partition(redis, by("b")) == Trimmed(0, "locked"), "a holds the stream for its interval"
+        assert await redis.xlen(keys.stream) == 20
+        assert await trim_partition(redis, by("a")) == Trimmed(10, "trimmed"), "the holder trims again"
+        assert await redis.get(keys.trim_lock()) == b"a"
+        assert 0 < await redis.pttl(keys.trim_lock()) <= 60_000
+
+
+async def test_trim_and_group_creation_run_while_redis_is_full(ns: str) -> None:
+    """maxmemory with noeviction: appends are refused, but a worker still starts (its groups exist: no write) and
+    trimming (allow-oom) frees memory, after which appends are accepted again."""
+    server = RedisServer(extra=["--maxmemory", "4mb", "--maxmemory-policy", "noeviction"])
+    server.start()
+    try:
+        async with open_app(ns, server.url) as app:
+            app.handler(CardAdded, group="g")(noop)
+            keys = partition(app, CardAdded)
+            big = "x" * 2000
+            with pytest.raises(PublishError, match="maxmemory"):
+                for _ in range(10_000):
+                    await app.publish_many([CardAdded(card_id=big, curator_id=str(i)) for i in range(20)])
+            filled = int(await app.redis.xlen(keys.stream))
+            await _consume(app.redis, keys, "g", filled)
+            await ensure_groups(app.redis, [(keys.stream, "g", "new")])  # a worker starting now
+            assert await _trim_all(app.redis, keys) >= filled - 1
+            accepted = await app.publish(CardAdded(card_id="after", curator_id="u1"))
+            assert accepted.appended
+    finally:
+        server.cleanup()
