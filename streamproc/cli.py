@@ -20,8 +20,10 @@ from .errors import StreamprocError
 from .http.auth import token_digest
 from .http.ingest import serve_ingest
 from .observe.logs import configure_logging
+from .publish.inventory import GroupRow, delete_orphans, list_groups
 from .redis.server import check_server
 from .settings import Settings
+from .topology import ORPHAN_AFTER_MS
 from .worker.deadletter import DeadLettered, read_deadletters
 from .worker.process import stop_budget_s
 from .worker.supervisor import Supervisor, WorkerSpec, instrument, prepared_app, run_child
@@ -70,7 +72,22 @@ def build_parser() -> argparse.ArgumentParser:
     dlq_list.add_argument("--group", action="append", default=[], help="only this group (repeatable)")
     dlq_list.add_argument("--limit", type=int, default=1000, help="at most this many per dead-letter stream")
     dlq_list.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _groups_parser(commands)
     return parser
+
+
+def _groups_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    groups = commands.add_parser("groups", help="list the consumer groups of the app's streams; delete orphans")
+    groups_commands = groups.add_subparsers(dest="groups_command", required=True)
+    for name, text in (("list", "list every group per stream, marking those no app declares (orphans)"),
+                       ("delete-orphans", "delete the orphan groups and their retry bookkeeping (needs --yes)")):
+        sub = groups_commands.add_parser(name, help=text)
+        _common(sub)
+        sub.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        sub.add_argument("--undeclared-for", type=float, default=ORPHAN_AFTER_MS / 1000, metavar="SECONDS",
+                         help="a group no process declared for this long is an orphan (default: 7 days)")
+        if name == "delete-orphans":
+            sub.add_argument("--yes", action="store_true", help="really delete them")
 
 
 def _spec(args: argparse.Namespace) -> WorkerSpec:
@@ -166,6 +183,47 @@ def _json_value(value: bytes) -> str | dict[str, str]:
         return {"base64": base64.b64encode(value).decode()}
 
 
+def cmd_groups(args: argparse.Namespace) -> int:
+    """`groups list` and `groups delete-orphans`: without --yes, deleting only says what it would delete (exit 2)."""
+    app = prepared_app(_spec(args))
+    window_ms = int(args.undeclared_for * 1000)
+    if window_ms < 0:
+        raise StreamprocError("--undeclared-for must not be negative")
+    deleting = args.groups_command == "delete-orphans" and args.yes
+
+    async def run() -> list[GroupRow]:
+        try:
+            if deleting:
+                return await delete_orphans(app.redis, app.topology, window_ms)
+            return await list_groups(app.redis, app.topology, window_ms)
+        finally:
+            await app.aclose()
+
+    rows = asyncio.run(run())
+    if args.groups_command == "delete-orphans" and not deleting:
+        rows = [r for r in rows if r.status == "orphan"]
+    if args.json:
+        sys.stdout.write(msgspec.json.encode(rows).decode() + "\n")
+    else:
+        _print_groups(rows, args.groups_command, deleting)
+    if args.groups_command == "delete-orphans" and not deleting and rows:
+        raise StreamprocError(f"{len(rows)} orphan group(s) listed, none deleted: add --yes to delete them")
+    return 0
+
+
+def _print_groups(rows: list[GroupRow], command: str, deleted: bool) -> None:
+    print(f"{'stream':40} {'group':20} {'status':9} {'lag':>8} {'pending':>8}  last declared")
+    for r in rows:
+        ago = "never recorded" if r.declared_ago_s is None else f"{r.declared_ago_s:,.0f}s ago"
+        lag = "-" if r.lag is None else str(r.lag)
+        state = r.status if r.exists else f"{r.status} (not on the stream)"
+        print(f"{r.stream:40} {r.group:20} {state:9} {lag:>8} {r.pending:>8}  {ago}")
+    if command == "delete-orphans":
+        print(f"{len(rows)} orphan group(s) {'deleted' if deleted else 'would be deleted'}")
+    else:
+        print(f"{len(rows)} group(s), {sum(r.status == 'orphan' for r in rows)} orphan(s)")
+
+
 def _print_table(entries: list[DeadLettered]) -> None:
     print(f"{'dead at (UTC)':20} {'group':14} {'type':18} {'event id':33} {'att':>3}  reason / last error")
     for d in entries:
@@ -182,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     configure_logging(args.log_level, args.log_format)
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
-        "worker": cmd_worker, "ingest": cmd_ingest, "dev": cmd_dev, "dlq": cmd_dlq_list}
+        "worker": cmd_worker, "ingest": cmd_ingest, "dev": cmd_dev, "dlq": cmd_dlq_list, "groups": cmd_groups}
     try:
         return commands[args.command](args)
     except StreamprocError as exc:

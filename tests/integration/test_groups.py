@@ -4,9 +4,13 @@ beside the streams, producer-only apps declaring the groups they feed, checkpoin
 
 from __future__ import annotations
 
+import json
 import logging
+import subprocess
+import sys
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 from streamproc import BacklogFull, Context, Event
@@ -17,6 +21,7 @@ from streamproc.publish.inventory import delete_orphans, list_groups
 from streamproc.worker.retention import maintain_once, trim_stream
 from tests.helpers import wait_for
 from tests.inproc import Calls, handler_recording, open_app, partition, running, settled
+from tests.integration.test_cli import ROOT, streamproc
 
 
 class CardAdded(Event, tag="card.added"):
@@ -257,3 +262,41 @@ async def test_delete_orphans_keeps_a_group_declared_meanwhile(ns: str, redis_ur
             await maintain_once(v1, "v1")
         assert await delete_orphans(v2.redis, v2.topology) == []
         assert await _group_names(redis, keys) == {"g", "old"}
+
+
+# The `streamproc groups` command --------------------------------------------------------------------------------
+
+
+def test_groups_command_lists_and_deletes_orphans_only_with_yes(ns: str, redis_url: str) -> None:
+    stream = PartitionKeys(ns, "proc.work", 0).stream
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.xgroup_create(stream, "work", "0", mkstream=True)
+        client.hset(PartitionKeys(ns, "proc.work", 0).groups(), "work", "new")
+        client.xgroup_create(stream, "renamed", "0")  # on the stream, declared by no app
+        client.xadd(stream, {"x": "1"})
+        env = {"PROCAPP_NS": ns}
+        listed = streamproc("groups", "list", "tests.procapp:app", "--json", redis_url=redis_url, env=env)
+        assert listed.returncode == 0, listed.stderr
+        rows = {(r["stream"], r["group"]): r for r in json.loads(listed.stdout)}
+        assert rows[(stream, "renamed")]["status"] == "orphan"
+        assert rows[(stream, "renamed")]["lag"] == 1
+        assert rows[(stream, "work")]["status"] == "declared"
+        table = streamproc("groups", "list", "tests.procapp:app", redis_url=redis_url, env=env)
+        assert "renamed" in table.stdout and "orphan" in table.stdout
+
+        refused = streamproc("groups", "delete-orphans", "tests.procapp:app", redis_url=redis_url, env=env)
+        assert refused.returncode == 2 and "--yes" in refused.stderr, refused.stderr
+        assert "would be deleted" in refused.stdout
+        assert {g["name"] for g in client.xinfo_groups(stream)} == {b"work", b"renamed"}, "nothing deleted"
+
+        done = streamproc("groups", "delete-orphans", "tests.procapp:app", "--yes", "--json", redis_url=redis_url,
+                          env=env)
+        assert done.returncode == 0, done.stderr
+        assert [r["group"] for r in json.loads(done.stdout)] == ["renamed"]
+        assert {g["name"] for g in client.xinfo_groups(stream)} == {b"work"}
+        usage = subprocess.run([sys.executable, "-m", "streamproc", "groups"], cwd=ROOT, capture_output=True,
+                               text=True, timeout=30, check=False)
+        assert usage.returncode == 2
+    finally:
+        client.close()
