@@ -71,6 +71,14 @@ FAIL_MAX_ATTEMPTS = 3
 CRASH_MAX_DELIVERIES = 2
 
 
+class Mixed(Event, tag="proc.mixed"):
+    """Group "mixed": ordinary work of `pause` seconds, or (poison) a SIGKILL of the worker running it, among the
+    others of its batch."""
+
+    poison: bool = False
+    pause: float = 0.2
+
+
 class Recorder:
     """The Redis bookkeeping shared by all handlers."""
 
@@ -139,6 +147,19 @@ def make_app(ns: str, settings: Settings | None = None) -> App:
         await rec.end(ctx.redis, ctx.event_id, False)
         raise RuntimeError(f"always fails (attempt {ctx.attempt})")
 
+    @app.handler(Crash, group="crash", concurrency=2, max_attempts=5, max_deliveries=CRASH_MAX_DELIVERIES)
+    async def crash(event: Crash, ctx: Context) -> None:
+        await rec.start(ctx)
+        os.kill(os.getpid(), signal.SIGKILL)
+        await asyncio.sleep(60)  # never reached: the process is gone; never let it look like a success
+
+    _add_fault_handlers(app, rec)
+    return app
+
+
+def _add_fault_handlers(app: App, rec: Recorder) -> None:
+    """Handlers of the fault tests that need more than one process (a skewed clock, a crash loop)."""
+
     @app.handler(Later, group="later", concurrency=20)
     async def later(event: Later, ctx: Context) -> None:
         await rec.start(ctx)
@@ -148,13 +169,13 @@ def make_app(ns: str, settings: Settings | None = None) -> App:
         if ctx.attempt == 1:
             raise Retry(delay=event.delay)
 
-    @app.handler(Crash, group="crash", concurrency=2, max_attempts=5, max_deliveries=CRASH_MAX_DELIVERIES)
-    async def crash(event: Crash, ctx: Context) -> None:
+    @app.handler(Mixed, group="mixed", concurrency=20, max_deliveries=CRASH_MAX_DELIVERIES)
+    async def mixed(event: Mixed, ctx: Context) -> None:
         await rec.start(ctx)
-        os.kill(os.getpid(), signal.SIGKILL)
-        await asyncio.sleep(60)  # never reached: the process is gone; never let it look like a success
-
-    return app
+        if event.poison:
+            os.kill(os.getpid(), signal.SIGKILL)
+        await asyncio.sleep(event.pause)
+        await rec.end(ctx.redis, ctx.event_id, True)
 
 
 app = make_app(os.environ.get("PROCAPP_NS", "procapp"))

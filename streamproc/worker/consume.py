@@ -18,19 +18,29 @@ log = logging.getLogger(__name__)
 
 class Delivery:
     """One entry handed to this consumer, from a read, a reclaim or a retry. (A plain slotted class: one is made
-    per entry on the hot path, and `held_key`, used several times, is computed once.)"""
+    per entry on the hot path, and `held_key`, used several times, is computed once.)
 
-    __slots__ = ("attempt", "entry_id", "fields", "from_retry", "handler", "held_key", "keys")
+    A reclaimed entry (its consumer died or froze) carries `deliveries`, how often Redis handed it out, and its
+    `attempt` is an estimate until it starts: its start is recorded in Redis first (see HandlerRun), and only
+    recorded starts count against max_deliveries, so entries a crashed worker held without starting them are not
+    blamed for the crash."""
+
+    __slots__ = ("attempt", "deliveries", "entry_id", "fields", "from_retry", "handler", "held_key", "keys")
 
     def __init__(self, handler: Handler[Any], keys: PartitionKeys, entry_id: bytes, fields: dict[bytes, bytes],
-                 attempt: int, from_retry: bool = False) -> None:
+                 attempt: int, from_retry: bool = False, deliveries: int = 0) -> None:
         self.handler = handler
         self.keys = keys
         self.entry_id = entry_id
         self.fields = fields
         self.attempt = attempt
         self.from_retry = from_retry
+        self.deliveries = deliveries  # 0 unless reclaimed
         self.held_key = (keys.stream, entry_id)
+
+    @property
+    def reclaimed(self) -> bool:
+        return self.deliveries > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,19 +113,26 @@ class Reader:
                 self.deleted_seen += len(deleted)
                 log.warning("%d pending entries of %s were deleted before %s could process them: %s",
                             len(deleted), stream, self.group, deleted[:10])
-            out.extend(await self._with_delivery_counts(source, [(eid, f) for eid, f in entries if f is not None]))
+            out.extend(await self._reclaimed(source, [(eid, f) for eid, f in entries if f is not None]))
         return out
 
-    async def _with_delivery_counts(self, source: Source, entries: list[tuple[bytes, dict[bytes, bytes]]],
-                                    ) -> list[Delivery]:
+    async def _reclaimed(self, source: Source, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[Delivery]:
+        """Deliveries for reclaimed entries, with their delivery counts and recorded starts. The estimate of the
+        attempt: the recorded starts, plus the first (never recorded) one and this one, but no more than Redis
+        delivered it (a handed-back entry was never started)."""
         if not entries:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
             for eid, _ in entries:
                 pipe.xpending_range(source.keys.stream, self.group, min=eid, max=eid, count=1)
-            counts = await pipe.execute()
-        return [Delivery(source.handler, source.keys, eid, fields, found[0]["times_delivered"] if found else 1)
-                for (eid, fields), found in zip(entries, counts, strict=True)]
+            pipe.hmget(source.keys.starts(self.group), [eid for eid, _ in entries])
+            *counts, starts = await pipe.execute()
+        out = []
+        for (eid, fields), found, recorded in zip(entries, counts, starts, strict=True):
+            deliveries = max(1, int(found[0]["times_delivered"]) if found else 1)
+            attempt = min(deliveries, int(recorded or 0) + 2)
+            out.append(Delivery(source.handler, source.keys, eid, fields, attempt, deliveries=deliveries))
+        return out
 
     async def take_retries(self, lease_ms: int, count: int) -> tuple[list[Delivery], list[Delivery]]:
         """Retries of this group due by Redis's clock, leased to this consumer. Returns (deliveries, gone): `gone`

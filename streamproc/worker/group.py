@@ -31,6 +31,11 @@ log = logging.getLogger(__name__)
 
 # After the grace period, how long cancelled handlers get to unwind before that is logged as an error.
 CANCEL_WAIT_S = 5.0
+# A reclaimed entry estimated at this attempt or later (or at its handler's max_deliveries, if lower) may have been
+# started more than once by workers that died or froze: a suspect. Suspects run one at a time, so that if one kills
+# its worker again, it takes no entry running beside it down with it (nor its recorded starts up): an innocent
+# entry's count stops growing before it can reach max_deliveries.
+SUSPECT_ATTEMPT = 3
 
 
 class GroupWorker:
@@ -51,6 +56,8 @@ class GroupWorker:
         # Entries this consumer holds (waiting or running), for heartbeats and capacity.
         self.held: dict[tuple[str, bytes], Delivery] = {}
         self.waiting: deque[Delivery] = deque()
+        self.suspects: deque[Delivery] = deque()
+        self._suspect: tuple[str, bytes] | None = None  # the suspect running now
         self.running: set[asyncio.Task[None]] = set()
         self.capacity = self.concurrency + self.settings.batch_size
         self._space = asyncio.Event()
@@ -70,7 +77,8 @@ class GroupWorker:
             if d.held_key in self.held:
                 continue  # already ours (a reclaim raced our own heartbeat); one run is enough
             self.held[d.held_key] = d
-            self.waiting.append(d)
+            suspect = d.deliveries and d.attempt >= min(SUSPECT_ATTEMPT, d.handler.max_deliveries)
+            (self.suspects if suspect else self.waiting).append(d)
         if self.free <= 0:
             self._space.clear()
         self._pump()
@@ -82,16 +90,24 @@ class GroupWorker:
         return [d for d in reclaimed if d.held_key not in queued] if queued else reclaimed
 
     def _pump(self) -> None:
-        """Start waiting deliveries while fewer than `concurrency` handlers are suspended."""
+        """Start waiting deliveries while fewer than `concurrency` handlers are suspended (suspects one at a
+        time, beside the others)."""
         while self.waiting and len(self.running) < self.concurrency and not self.stopping.is_set():
-            d = self.waiting.popleft()
-            started = self.run_one.start(d)
-            if started is None:
-                self._release(d)
-            else:
-                assert self._tasks is not None
-                task = self._tasks.create_task(self._finish(d, started.rest), context=started.context)
-                self.running.add(task)
+            self._start(self.waiting.popleft())
+        if (self.suspects and self._suspect is None and len(self.running) < self.concurrency
+                and not self.stopping.is_set()):
+            d = self.suspects.popleft()
+            self._suspect = d.held_key
+            self._start(d)
+
+    def _start(self, d: Delivery) -> None:
+        started = self.run_one.start(d)
+        if started is None:
+            self._release(d)
+        else:
+            assert self._tasks is not None
+            task = self._tasks.create_task(self._finish(d, started.rest), context=started.context)
+            self.running.add(task)
 
     async def _finish(self, d: Delivery, rest: Coroutine[Any, Any, None]) -> None:
         try:
@@ -107,6 +123,8 @@ class GroupWorker:
     def _release(self, d: Delivery) -> None:
         held = self.held
         held.pop(d.held_key, None)
+        if d.held_key == self._suspect:
+            self._suspect = None
         if len(held) < self.capacity:
             self._space.set()
 
@@ -150,8 +168,9 @@ class GroupWorker:
             await _quietly(self.settler.flush(), "flushing acks at stop")
 
     async def _drain(self, grace_ends: float) -> None:
-        unstarted = list(self.waiting)
+        unstarted = [*self.waiting, *self.suspects]
         self.waiting.clear()
+        self.suspects.clear()
         if unstarted:
             await _quietly(self.settler.hand_back(unstarted), "handing back unstarted entries")
             for d in unstarted:

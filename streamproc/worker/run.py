@@ -50,6 +50,21 @@ class HandlerRun:
         """Run a delivery as far as it goes without waiting. Returns None if it is done (the handler finished
         without suspending; its ack is queued), else the coroutine that finishes it and the context to run it in,
         for a task of its own."""
+        if d.reclaimed:
+            return Started(self._start_reclaimed(d), self.base_context.copy())
+        return self._start(d, eager_ok=True)
+
+    async def _start_reclaimed(self, d: Delivery) -> None:
+        """A reclaimed entry's start is recorded in Redis before it runs, so a crash during this run counts
+        against it, and a crash while it only waited in a worker's memory does not."""
+        recorded = await self.settler.record_start(d)
+        if recorded is not None:
+            d.attempt = min(d.deliveries, recorded + 1)  # + its first start, which a read does not record
+        started = self._start(d, eager_ok=False)
+        if started is not None:
+            await started.rest
+
+    def _start(self, d: Delivery, eager_ok: bool) -> Started | None:
         handler = d.handler
         if d.attempt > handler.max_deliveries:
             reason = (f"delivered {d.attempt} times without being settled (max_deliveries="
@@ -70,7 +85,7 @@ class HandlerRun:
                 raise DecodeError("entry envelope is malformed") from None
             except DecodeError as exc:
                 return Started(self._dead_letter(d, f"undecodable: {exc}", exc, None), self.base_context.copy())
-        if self.instruments.tracing.enabled or not handler.eager:
+        if self.instruments.tracing.enabled or not (handler.eager and eager_ok):
             return Started(self._run(d, event, ctx), self.base_context.copy())
         return self._start_eagerly(d, event, ctx)
 

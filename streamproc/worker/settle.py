@@ -52,6 +52,7 @@ class Settler:
         self._group_bytes = group.encode()
         self._acks: dict[str, list[bytes]] = {}
         self._retries_done: dict[tuple[str, ...], list[bytes]] = {}
+        self._starts_done: dict[str, list[bytes]] = {}  # starts hash -> reclaimed entries acked
         self._wakeup = asyncio.Event()
         self._schedule_retry = redis.register_script(SCHEDULE_RETRY)
         self._dead_letter = redis.register_script(DEAD_LETTER)
@@ -68,7 +69,18 @@ class Settler:
             self._retries_done.setdefault((d.keys.stream, *self._retry_keys(d)), []).append(d.entry_id)
         else:
             self._acks.setdefault(d.keys.stream, []).append(d.entry_id)
+            if d.deliveries:  # reclaimed: its recorded starts go with the ack
+                self._starts_done.setdefault(d.keys.starts(self.group), []).append(d.entry_id)
         self._wakeup.set()
+
+    async def record_start(self, d: Delivery) -> int | None:
+        """Count a start of a reclaimed entry before it runs; returns the starts recorded so far (None if Redis
+        did not answer: the entry then runs on its estimated attempt)."""
+        try:
+            return int(await self.redis.hincrby(d.keys.starts(self.group), d.entry_id.decode(), 1))
+        except REDIS_FAILURES as exc:
+            log.warning("recording a start in %s failed (%s); running it on its delivery count", self.group, exc)
+            return None
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -80,17 +92,16 @@ class Settler:
 
     async def flush(self) -> None:
         """Send queued acks. On failure they are queued again (the entries stay pending meanwhile)."""
-        acks, done = self._acks, self._retries_done
-        self._acks, self._retries_done = {}, {}
+        acks, done, starts = self._acks, self._retries_done, self._starts_done
+        self._acks, self._retries_done, self._starts_done = {}, {}, {}
         if not acks and not done:
             return
         try:
-            await asyncio.shield(self._send_acks(acks, done))
+            await asyncio.shield(self._send_acks(acks, done, starts))
         except BaseException:
-            for stream, ids in acks.items():
-                self._acks.setdefault(stream, []).extend(ids)
-            for key, ids in done.items():
-                self._retries_done.setdefault(key, []).extend(ids)
+            _requeue(self._acks, acks)
+            _requeue(self._retries_done, done)
+            _requeue(self._starts_done, starts)
             raise
 
     def _retry_keys(self, d: Delivery) -> tuple[str, str, str, str]:
@@ -98,8 +109,9 @@ class Settler:
         g = self.group
         return d.keys.retry(g), d.keys.attempts(g), d.keys.leases(g), d.keys.retried(g)
 
-    async def _send_acks(self, acks: dict[str, list[bytes]], done: dict[tuple[str, ...], list[bytes]]) -> None:
-        if not done:  # the common case: plain acks, packed by hand (see redis/resp.py)
+    async def _send_acks(self, acks: dict[str, list[bytes]], done: dict[tuple[str, ...], list[bytes]],
+                         starts: dict[str, list[bytes]]) -> None:
+        if not done and not starts:  # the common case: plain acks, packed by hand (see redis/resp.py)
             await send_packed(self.redis, [pack_command(b"XACK", stream.encode(), self._group_bytes, *ids)
                                            for stream, ids in acks.items()])
             return
@@ -108,6 +120,8 @@ class Settler:
                 pipe.xack(stream, self.group, *ids)
             for keys, ids in done.items():  # (stream, retry set, attempts, leases, retried)
                 await self._retry_done(keys=list(keys[1:]), args=ids, client=pipe)
+            for key, ids in starts.items():
+                pipe.hdel(key, *ids)
             await pipe.execute()
 
     async def run_flusher(self, closed: asyncio.Event) -> None:
@@ -134,14 +148,14 @@ class Settler:
     async def schedule_retry(self, d: Delivery, delay_s: float) -> bool:
         """Pending -> retry schedule for this group only, due `delay_s` after now by Redis's clock. False if this
         consumer no longer holds the entry (another took it over, or it was settled)."""
-        keys = [d.keys.stream, *self._retry_keys(d)]
+        keys = [d.keys.stream, *self._retry_keys(d), d.keys.starts(self.group)]
         args: list[bytes | str | int] = [self.group, d.entry_id, _source(d), int(delay_s * 1000), d.attempt,
                                          self.consumer]
         return bool(await self._settle(lambda: self._schedule_retry(keys=keys, args=args)))
 
     async def dead_letter(self, d: Delivery, reason: str, error: BaseException | None) -> bool:
         """Pending -> the group's dead-letter stream with the raw entry, reason and error, in one step."""
-        keys = [d.keys.stream, *self._retry_keys(d), d.keys.deadletter(self.group)]
+        keys = [d.keys.stream, *self._retry_keys(d), d.keys.deadletter(self.group), d.keys.starts(self.group)]
         record = deadletter_fields(group=self.group, stream=d.keys.stream, stream_id=d.entry_id.decode(),
                                    original=d.fields, reason=reason, attempts=d.attempt, error=error)
         args: list[bytes | str | int] = [self.group, d.entry_id, _source(d), self.dlq_max_length, self.consumer,
@@ -226,6 +240,14 @@ class Settler:
                 await self._hand_back_retries(keys=list(keys), args=[self.consumer, *(d.entry_id for d in ds)],
                                               client=pipe)
             await pipe.execute()
+
+
+K = TypeVar("K")
+
+
+def _requeue(queue: dict[K, list[bytes]], failed: dict[K, list[bytes]]) -> None:
+    for key, ids in failed.items():
+        queue.setdefault(key, []).extend(ids)
 
 
 def _source(d: Delivery) -> str:

@@ -27,7 +27,7 @@ import redis.asyncio as aioredis
 from streamproc import App, Outgoing, PublishError, Settings, new_event_id, read_deadletters
 from streamproc.keys import PartitionKeys
 from tests.helpers import Predicate, wait_for
-from tests.procapp import CRASH_MAX_DELIVERIES, FAIL_MAX_ATTEMPTS, Crash, Fail, Hold, Slow, Work, make_app
+from tests.procapp import CRASH_MAX_DELIVERIES, FAIL_MAX_ATTEMPTS, Crash, Fail, Hold, Mixed, Slow, Work, make_app
 from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -425,6 +425,31 @@ async def test_poison_events_are_dead_lettered_and_others_keep_flowing(
     for group, tag in (("fail", "proc.fail"), ("crash", "proc.crash"), ("work", "proc.work")):
         await procs.wait(lambda g=group, t=tag: _quiet(redis, stream_of(ns, t), g), 5, f"{group} settled",
                          alive=alive)
+
+
+@pytest.mark.timeout(120)
+async def test_a_poison_entry_does_not_take_the_entries_beside_it_to_the_dead_letter_stream(
+        procs: Procs, app: App, redis: aioredis.Redis, records: Records, ns: str) -> None:
+    """One entry kills every worker that runs it, in a batch with 30 others running beside it (max_deliveries is
+    2). Only the poison is dead-lettered: entries a dead worker held without starting are not blamed, and entries
+    reclaimed more than once run one at a time, so the poison's crashes stop counting against its neighbours."""
+    supervisor = procs.worker("--processes", "1", "--group", "mixed")
+    innocent = await publish_ids(app, [Mixed(pause=0.3) for _ in range(10)])
+    [poison] = await publish_ids(app, [Mixed(poison=True)])
+    innocent += await publish_ids(app, [Mixed(pause=0.3) for _ in range(20)])
+    dlq = dlq_of(ns, "proc.mixed", "mixed")
+    await procs.wait(lambda: redis.xlen(dlq), START_S * 3, "the poison dead-lettered", alive=[supervisor])
+    await procs.wait(lambda: _done_includes(records, set(innocent)), START_S * 2, "every other entry done",
+                     alive=[supervisor])
+    [dead] = procs.dlq("mixed")
+    assert dead["event_id"] == poison
+    runs = await records.runs()
+    extra = {eid: runs[eid] - 1 for eid in innocent if runs[eid] > 1}
+    print(f"innocent entries run again after the poison's crashes: {len(extra)} of {len(innocent)} "
+          f"(at most {CRASH_MAX_DELIVERIES} runs each; the poison ran {runs[poison]} times)")
+    assert all(runs[eid] <= CRASH_MAX_DELIVERIES for eid in innocent)
+    await procs.wait(lambda: _quiet(redis, stream_of(ns, "proc.mixed"), "mixed"), 10, "mixed settled",
+                     alive=[supervisor])
 
 
 # 5. Garbage in a stream ----------------------------------------------------------------------------------------------

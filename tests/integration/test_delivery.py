@@ -352,15 +352,16 @@ async def test_entries_of_a_dead_consumer_are_reclaimed_after_the_lease(ns: str,
         assert calls.attempts[("g", p.event_id)] == [2], "the second delivery of each entry"
 
 
-async def test_entry_delivered_too_often_is_dead_lettered(ns: str, redis_url: str, redis: aioredis.Redis) -> None:
+async def test_entry_started_too_often_is_dead_lettered(ns: str, redis_url: str, redis: aioredis.Redis) -> None:
     calls = Calls()
     async with open_app(ns, redis_url) as app:
         app.handler(CardAdded, group="g", max_attempts=3, backoff=FAST_BACKOFF)(handler_recording(calls))
         keys = partition(app, CardAdded)
         poison = await app.publish(CardAdded(card_id="poison", curator_id="u1"))
         [eid] = await _read_as_dead_consumer(redis, keys, "g", 1)
-        for _ in range(5):  # XCLAIM (without JUSTID) counts a delivery each time, as crashing workers would
+        for _ in range(5):  # as crashing workers would: reclaim it (a delivery) and record a start each time
             await redis.xclaim(keys.stream, "g", "dead-consumer", 0, [eid])
+            await redis.hincrby(keys.starts("g"), eid.decode(), 1)
         [row] = await redis.xpending_range(keys.stream, "g", min=eid, max=eid, count=1)
         assert row["times_delivered"] == 6
         fine = await app.publish(CardAdded(card_id="fine", curator_id="u1"))
@@ -374,6 +375,27 @@ async def test_entry_delivered_too_often_is_dead_lettered(ns: str, redis_url: st
     assert dead.event_id == poison.event_id
     assert "max_deliveries=5" in dead.reason
     assert dead.attempts == 7
+    assert await redis.exists(keys.starts("g")) == 0, "its recorded starts went with it"
+
+
+async def test_an_entry_held_but_never_started_by_crashed_workers_is_not_blamed(ns: str, redis_url: str,
+                                                                               redis: aioredis.Redis) -> None:
+    """Workers that died while the entry only waited in their memory (read in a batch, not yet started) delivered
+    it without starting it: those deliveries do not count against max_deliveries."""
+    calls = Calls()
+    async with open_app(ns, redis_url) as app:
+        app.handler(CardAdded, group="g", max_attempts=3, backoff=FAST_BACKOFF)(handler_recording(calls))
+        keys = partition(app, CardAdded)
+        innocent = await app.publish(CardAdded(card_id="innocent", curator_id="u1"))
+        [eid] = await _read_as_dead_consumer(redis, keys, "g", 1)
+        for _ in range(9):  # nine crashed holders, none of which started it
+            await redis.xclaim(keys.stream, "g", "dead-consumer", 0, [eid])
+        async with running(app) as worker:
+            await worker.wait_for(lambda: settled(redis, keys, "g"))
+    assert calls.of("g")[innocent.event_id] == 1
+    assert calls.attempts[("g", innocent.event_id)] == [2], "its first delivery may have started: attempt 2"
+    assert await redis.xlen(keys.deadletter("g")) == 0
+    assert await redis.exists(keys.starts("g")) == 0, "its recorded start went with the ack"
 
 
 async def test_heartbeat_keeps_a_long_handler_from_running_twice(ns: str, redis_url: str,

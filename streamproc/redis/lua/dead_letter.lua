@@ -1,5 +1,5 @@
 #!lua
--- KEYS: stream, retry set, attempts hash, leases hash, retried index, dead-letter stream.
+-- KEYS: stream, retry set, attempts hash, leases hash, retried index, dead-letter stream, starts hash.
 -- ARGV: group, entry id, source ('read' or 'retry'), dlq max length, consumer, then dead-letter field/value pairs.
 -- This consumer's pending entry (or leased retry) -> the group's dead-letter stream, in one step; the dead-letter
 -- entry is written first, so no later failure can leave the entry nowhere. Returns its id, or nil (changing
@@ -12,6 +12,7 @@ if ARGV[3] == 'retry' then
   redis.call('HDEL', KEYS[4], ARGV[2])
 else
   redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('HDEL', KEYS[7], ARGV[2])
 end
 redis.call('HDEL', KEYS[3], ARGV[2])
 redis.call('ZREM', KEYS[5], ARGV[2])

@@ -1,5 +1,5 @@
 #!lua
--- KEYS: stream, retry set, attempts hash, leases hash, retried index.
+-- KEYS: stream, retry set, attempts hash, leases hash, retried index, starts hash.
 -- ARGV: group, entry id, source ('read' or 'retry'), delay ms, attempts so far, consumer.
 -- This consumer's pending entry (or leased retry) -> scheduled retry for this group only, due at Redis's clock
 -- plus the delay, in one step. Returns 0 (and changes nothing) if the consumer no longer holds the entry.
@@ -13,5 +13,6 @@ if ARGV[3] == 'retry' then
   redis.call('HDEL', KEYS[4], ARGV[2])
 else
   redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('HDEL', KEYS[6], ARGV[2])
 end
 return 1
