@@ -10,6 +10,13 @@
                                                (a first read's start is not: reads pay nothing), for max_deliveries
     {ns}:dlq:{card.added:3}:{group}            the group's dead-letter stream for this partition
     {ns}:dedup:{card.added:3}:{event id}       marker of a producer-given event id (expires after the window)
+    {ns}:groups:{card.added:3}                 hash: group -> start option ("new"/"all"), every group an app declared
+                                               on the stream, so every publisher and worker creates all of them
+    {ns}:declared:{card.added:3}               sorted set: group -> when a process last declared it (ms, Redis
+                                               time); a group nobody declared for a week is an orphan
+    {ns}:checkpoints:{card.added:3}            hash: group -> the id it is recreated at if it vanishes while the
+                                               stream does not (refreshed by maintenance)
+    {ns}:trimlock:{card.added:3}               the consumer trimming the stream now (expires after one interval)
 """
 
 from __future__ import annotations
@@ -59,6 +66,27 @@ class PartitionKeys:
 
     def dedup(self, event_id: str) -> str:
         return f"{self.ns}:dedup:{self.hash_tag}:{event_id}"
+
+    def groups(self) -> str:
+        return f"{self.ns}:groups:{self.hash_tag}"
+
+    def declared(self) -> str:
+        return f"{self.ns}:declared:{self.hash_tag}"
+
+    def checkpoints(self) -> str:
+        return f"{self.ns}:checkpoints:{self.hash_tag}"
+
+    def trim_lock(self) -> str:
+        return f"{self.ns}:trimlock:{self.hash_tag}"
+
+    @classmethod
+    def of_stream(cls, stream: str) -> PartitionKeys:
+        """The keys of the partition whose stream key is `stream` (namespaces and tags hold no colons or braces)."""
+        ns, sep, rest = stream.partition(":ev:{")
+        tag, colon, partition = rest.removesuffix("}").rpartition(":")
+        if not (sep and colon and rest.endswith("}") and partition.isdigit()):
+            raise ValueError(f"{stream!r} is not a streamproc stream key")
+        return cls(ns, tag, int(partition))
 
 
 def partition_keys(ns: str, tag: str, partitions: int) -> list[PartitionKeys]:
