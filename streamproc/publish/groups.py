@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 
 # At most this many entries are counted for the log line of a group recreated from its checkpoint.
 COUNT_LIMIT = 10_000
+# An ensure call refreshes this app's declarations that are older than this (workers refresh theirs at every
+# maintenance pass; publishers ensure again once a day), so a running app's groups never become orphans.
+REFRESH_AFTER_MS = 86_400_000
 
 Mode = Literal["declare", "recover"]
 
@@ -58,7 +61,8 @@ async def ensure_declared(redis: aioredis.Redis, wanted: Sequence[Wanted], mode:
     script = redis.register_script(ENSURE_GROUP)
     async with redis.pipeline(transaction=False) as pipe:
         for w in wanted:
-            args = [ORPHAN_AFTER_MS, COUNT_LIMIT, mode, len(w.groups), *_pairs(w.groups), *_pairs(w.remembered)]
+            args = [ORPHAN_AFTER_MS, REFRESH_AFTER_MS, COUNT_LIMIT, mode, len(w.groups), *_pairs(w.groups),
+                    *_pairs(w.remembered)]
             keys = [w.keys.stream, w.keys.groups(), w.keys.declared(), w.keys.checkpoints()]
             await script(keys=keys, args=args, client=pipe)
         replies = await pipe.execute()

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 # When Redis does not know a group's lag, the backlog check counts its unread entries up to this many (beyond, it
 # takes an upper bound from the group's read counter): the cost of one check stays bounded whatever the limit.
 BACKLOG_COUNT_MAX = 10_000
+# How often a publisher ensures its streams' groups again (which refreshes its declarations in the registry).
+REDECLARE_S = 86_400.0
 
 
 class Published(msgspec.Struct, frozen=True):
@@ -80,6 +82,7 @@ class Publisher:
         self._topology = topology
         self._settings = settings
         self._ready: set[str] = set()
+        self._redeclare_at = time.monotonic() + REDECLARE_S
         self._declared: dict[str, dict[str, StartAt]] = {}
         self._grouped: set[str] = set()  # streams with declared groups: appended with NOMKSTREAM (_append_all)
         self._backlogs: dict[str, _Backlog] = {}
@@ -145,6 +148,9 @@ class Publisher:
     async def _ensure_ready(self, prepared: list[Prepared]) -> None:
         """Before the first append to a stream (and again after Redis lost its data), create every group declared on
         it: this app's, the registry's, and those learned from the registry before (it may have been lost too)."""
+        if time.monotonic() >= self._redeclare_at:  # once a day: keep this app's declarations fresh (no orphans)
+            self._ready.clear()
+            self._redeclare_at = time.monotonic() + REDECLARE_S
         todo = {p.keys.stream: p for p in prepared if p.keys.stream not in self._ready}
         if not todo:
             return

@@ -119,6 +119,21 @@ async def test_ensuring_existing_groups_writes_nothing(ns: str, redis_url: str, 
     assert await _dirty(redis) == before, "no write when every group exists and is registered"
 
 
+async def test_a_running_apps_declarations_stay_fresh(ns: str, redis_url: str, redis: aioredis.Redis) -> None:
+    """A declaration older than a day is refreshed when the app ensures its groups again (a publisher does daily,
+    a worker at every maintenance pass), so the groups of an app that still runs never become orphans."""
+    async with open_app(ns, redis_url) as app:
+        app.register(CardAdded, groups=["feeds"])
+        await app.publish(CardAdded(card_id="x"))
+        keys = partition(app, CardAdded)
+        await redis.zadd(keys.declared(), {"feeds": 1})  # declared long ago
+        await ensure_groups(app.redis, [(keys.stream, "feeds", "new")])
+        assert (await redis.zscore(keys.declared(), "feeds") or 0) > 1_000_000_000_000
+        await redis.zadd(keys.declared(), {"feeds": 1})
+        await maintain_once(app, "me")
+        assert (await redis.zscore(keys.declared(), "feeds") or 0) > 1_000_000_000_000
+
+
 async def _dirty(redis: aioredis.Redis) -> int:
     """Writes the server has applied since its last save (rdb_changes_since_last_save)."""
     return int((await redis.info("persistence"))["rdb_changes_since_last_save"])

@@ -1,16 +1,17 @@
 #!lua flags=allow-oom
 -- KEYS: stream, groups registry (hash: group -> start option), declarations (sorted set: group -> ms it was last
 -- declared), checkpoints (hash: group -> id to recreate it at).
--- ARGV: orphan-after ms, max entries to count, mode ('declare', or 'recover' after a NOGROUP), n, then n group/start
--- pairs this app declares on the stream, then group/start pairs it learned from the registry before (used only when
--- the stream does not exist: Redis lost its data, and the registry with it).
--- Registers this app's groups the registry lacks, then creates every declared group missing from the stream (this
+-- ARGV: orphan-after ms, refresh-after ms, max entries to count, mode ('declare', or 'recover' after a NOGROUP), n,
+-- then n group/start pairs this app declares on the stream, then group/start pairs it learned from the registry
+-- before (used only when the stream does not exist: Redis lost its data, and the registry with it).
+-- Registers this app's groups the registry lacks (and refreshes their declaration time when it is older than
+-- refresh-after ms), then creates every declared group missing from the stream (this
 -- app's, and the registry's that some process declared within orphan-after ms), each where it must start:
 --   'fresh'       no stream: at its start (everything appended from now on is new to every group)
 --   'checkpoint'  the group vanished while the stream did not: at its recorded checkpoint
 --   'lost'        recovering a group that has no checkpoint either (lost with Redis's data): at the stream's start
 --   'new', 'all'  a group new to a stream with history: after its last entry, or at its start
--- Writes nothing when every group exists and is registered. allow-oom: it only writes tiny bookkeeping, and a worker
+-- Writes nothing when every group exists and is registered (and declared lately). allow-oom: it only writes tiny bookkeeping, and a worker
 -- must be able to start while Redis is at maxmemory.
 -- Returns {{group, how, id, entries after id (counted up to the max), ...}, {group, start, ...}: the declared groups}.
 local now = redis.call('TIME')
@@ -30,11 +31,14 @@ local function declare(group, start)
     redis.call('HSET', KEYS[2], group, start)
     redis.call('ZADD', KEYS[3], now, group)
     registry[group] = start
+  else
+    local at = redis.call('ZSCORE', KEYS[3], group)
+    if at and tonumber(at) < now - tonumber(ARGV[2]) then redis.call('ZADD', KEYS[3], now, group) end
   end
   want(group, registry[group])
 end
-local own_end = 4 + 2 * tonumber(ARGV[4])
-for i = 5, own_end, 2 do declare(ARGV[i], ARGV[i + 1]) end
+local own_end = 5 + 2 * tonumber(ARGV[5])
+for i = 6, own_end, 2 do declare(ARGV[i], ARGV[i + 1]) end
 if not exists then
   for i = own_end + 1, #ARGV, 2 do declare(ARGV[i], ARGV[i + 1]) end
 end
@@ -58,7 +62,7 @@ local function position(group)
   if not exists then return 'fresh', '0-0' end
   local checkpoint = redis.call('HGET', KEYS[4], group)
   if checkpoint then return 'checkpoint', checkpoint end
-  if ARGV[3] == 'recover' then return 'lost', '0-0' end
+  if ARGV[4] == 'recover' then return 'lost', '0-0' end
   if start_of[group] == 'all' then return 'all', '0-0' end
   return 'new', last_id()
 end
@@ -72,7 +76,7 @@ for _, group in ipairs(order) do
     redis.call('HSET', KEYS[4], group, at)
     local after = 0
     if how == 'checkpoint' then
-      after = #redis.call('XRANGE', KEYS[1], '(' .. at, '+', 'COUNT', tonumber(ARGV[2]))
+      after = #redis.call('XRANGE', KEYS[1], '(' .. at, '+', 'COUNT', tonumber(ARGV[3]))
     end
     for _, x in ipairs({group, how, at, after}) do created[#created + 1] = x end
   end
