@@ -61,10 +61,21 @@ def test_key_slot_matches_redis(key: str, slot: int) -> None:
 def test_keys_of_a_partition_share_one_slot() -> None:
     keys = PartitionKeys("ns", "card.added", 3)
     everything = [keys.stream, keys.retry("feeds"), keys.attempts("feeds"), keys.deadletter("feeds"),
-                  keys.retry("notifications"), keys.deadletter("notifications"), keys.dedup("0" * 32)]
+                  keys.retry("notifications"), keys.deadletter("notifications"), keys.dedup("0" * 32),
+                  keys.leases("feeds"), keys.retried("feeds"), keys.groups(), keys.declared(), keys.checkpoints(),
+                  keys.trim_lock()]
     assert len(set(everything)) == len(everything)
     assert {key_slot(k) for k in everything} == {key_slot("{card.added:3}")}
     assert all(k.startswith("ns:") for k in everything)
+
+
+def test_partition_keys_of_a_stream_key() -> None:
+    keys = PartitionKeys("social", "card.added", 12)
+    assert PartitionKeys.of_stream(keys.stream) == keys
+    assert PartitionKeys.of_stream(keys.stream).groups() == "social:groups:{card.added:12}"
+    for bad in ("social:ev:card.added:1", "social:dlq:{card.added:1}:g", "social:ev:{card.added}", "plain"):
+        with pytest.raises(ValueError, match="not a streamproc stream key"):
+            PartitionKeys.of_stream(bad)
 
 
 def test_partitions_of_a_type_spread_over_slots() -> None:
