@@ -60,7 +60,7 @@ class Prepared:
     fields: dict[bytes, bytes | str | int]
     dedup: bool
     span: Span | None = None
-    reserved: bool = False  # counted in its stream's backlog estimate already (Publisher.reserve)
+    reserved: bool = False  # counted in its stream's backlog estimate already (Publisher.reserve), with its batch
 
 
 @dataclass(slots=True)
@@ -86,6 +86,7 @@ class Publisher:
         self._declared: dict[str, dict[str, StartAt]] = {}
         self._grouped: set[str] = set()  # streams with declared groups: appended with NOMKSTREAM (_append_all)
         self._backlogs: dict[str, _Backlog] = {}
+        self._backlog_interval = settings.backlog_check_ms / 1000
         self._prefixes: dict[tuple[str, int, bool], bytes] = {}
         self._publish_once = redis.register_script(PUBLISH_ONCE)
         self._backlog_script = redis.register_script(BACKLOG)
@@ -104,7 +105,7 @@ class Publisher:
             return []
         try:
             await self._ensure_ready(prepared)
-            await self.reserve(prepared)
+            await self.reserve(prepared, mark=False)
             replies = await self._append_all(prepared, atomic)
         except RedisError as exc:
             self._ready.clear()  # Redis may have restarted empty: create groups again before the next append
@@ -215,23 +216,24 @@ class Publisher:
             prefix = self._prefixes[key] = xadd_prefix(*key)
         return prefix
 
-    async def reserve(self, prepared: list[Prepared]) -> None:
-        """Raise BacklogFull if the events would take a stream's backlog past `max_backlog`; else count them in
-        (once: events reserved before, as the coalescer does per request, are not counted again).
+    async def reserve(self, prepared: list[Prepared], mark: bool = True) -> None:
+        """Raise BacklogFull if the events would take a stream's backlog past `max_backlog`; else count them in,
+        once: a batch of events reserved before (the coalescer reserves each request, then sends them together;
+        `mark` records that on the events) is not counted again.
 
         Each stream's backlog is read from Redis at most every `backlog_check_ms`; in between, what this publisher
         appends is added to it, so no batch of any size takes it past the limit unseen (no Redis call per batch)."""
         limit = self._settings.max_backlog
-        if not limit:
+        if not limit or not prepared or prepared[0].reserved:
             return
-        counts: dict[str, int] = {}
-        for p in prepared:
-            if not p.reserved:
-                counts[p.keys.stream] = counts.get(p.keys.stream, 0) + 1
+        if len(prepared) == 1:
+            await self._reserve_one(prepared[0], limit, mark)
+            return
+        streams = {p.keys.stream for p in prepared}
+        counts = {s: len(prepared) for s in streams} if len(streams) == 1 else _count_by_stream(prepared)
         now = time.monotonic()
-        interval = self._settings.backlog_check_ms / 1000
         backlogs = self._backlogs
-        stale = [s for s in counts if s not in backlogs or now - backlogs[s].read_at >= interval]
+        stale = [s for s in counts if s not in backlogs or now - backlogs[s].read_at >= self._backlog_interval]
         if stale:
             await self._read_backlogs(stale, {p.keys.stream: p for p in prepared}, now)
         for stream, n in counts.items():
@@ -239,8 +241,22 @@ class Publisher:
                 raise BacklogFull(stream, backlogs[stream].estimate, limit)
         for stream, n in counts.items():
             backlogs[stream].estimate += n
-        for p in prepared:
-            p.reserved = True
+        if mark:
+            for p in prepared:
+                p.reserved = True
+
+    async def _reserve_one(self, p: Prepared, limit: int, mark: bool) -> None:
+        """`reserve` for one event (App.publish), the common case, without the per-batch bookkeeping."""
+        stream = p.keys.stream
+        backlog = self._backlogs.get(stream)
+        now = time.monotonic()
+        if backlog is None or now - backlog.read_at >= self._backlog_interval:
+            await self._read_backlogs([stream], {stream: p}, now)
+            backlog = self._backlogs[stream]
+        if backlog.estimate >= limit:
+            raise BacklogFull(stream, backlog.estimate, limit)
+        backlog.estimate += 1
+        p.reserved = mark
 
     async def _read_backlogs(self, streams: list[str], by_stream: dict[str, Prepared], now: float) -> None:
         """One script call per stream (see redis/lua/backlog.lua), pipelined."""
@@ -257,6 +273,13 @@ class Publisher:
             if learned:  # declared by another app since this publisher looked: counted from now on
                 self._learn(stream, {_text(learned[i]): cast(StartAt, _text(learned[i + 1]))
                                      for i in range(0, len(learned), 2)})
+
+
+def _count_by_stream(prepared: list[Prepared]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for p in prepared:
+        counts[p.keys.stream] = counts.get(p.keys.stream, 0) + 1
+    return counts
 
 
 def _published(p: Prepared, reply: object) -> Published:
