@@ -259,20 +259,26 @@ class Publisher:
         p.reserved = mark
 
     async def _read_backlogs(self, streams: list[str], by_stream: dict[str, Prepared], now: float) -> None:
-        """One script call per stream (see redis/lua/backlog.lua), pipelined."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for stream in streams:
-                p = by_stream[stream]
-                groups = sorted({**self._declared.get(stream, {}), **p.route.all_groups()})
-                keys = [stream, p.keys.groups(), p.keys.declared(), *(p.keys.retry(g) for g in groups)]
-                args: list[str | int] = [ORPHAN_AFTER_MS, self._settings.max_backlog, BACKLOG_COUNT_MAX, *groups]
-                await self._backlog_script(keys=keys, args=args, client=pipe)
-            replies = await pipe.execute()
+        """One script call per stream (see redis/lua/backlog.lua): alone (one round trip; a pipeline with a script
+        first asks SCRIPT EXISTS), or pipelined for several streams."""
+        calls = [self._backlog_call(by_stream[stream]) for stream in streams]
+        if len(calls) == 1:
+            replies = [await self._backlog_script(keys=calls[0][0], args=calls[0][1])]
+        else:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for keys, args in calls:
+                    await self._backlog_script(keys=keys, args=args, client=pipe)
+                replies = await pipe.execute()
         for stream, (backlog, learned) in zip(streams, replies, strict=True):
             self._backlogs[stream] = _Backlog(now, int(backlog))
             if learned:  # declared by another app since this publisher looked: counted from now on
                 self._learn(stream, {_text(learned[i]): cast(StartAt, _text(learned[i + 1]))
                                      for i in range(0, len(learned), 2)})
+
+    def _backlog_call(self, p: Prepared) -> tuple[list[str], list[str | int]]:
+        groups = sorted({**self._declared.get(p.keys.stream, {}), **p.route.all_groups()})
+        keys = [p.keys.stream, p.keys.groups(), p.keys.declared(), *(p.keys.retry(g) for g in groups)]
+        return keys, [ORPHAN_AFTER_MS, self._settings.max_backlog, BACKLOG_COUNT_MAX, *groups]
 
 
 def _count_by_stream(prepared: list[Prepared]) -> dict[str, int]:
