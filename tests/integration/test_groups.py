@@ -317,3 +317,21 @@ def test_groups_command_lists_and_deletes_orphans_only_with_yes(ns: str, redis_u
         assert usage.returncode == 2
     finally:
         client.close()
+
+
+async def test_a_worker_running_some_groups_creates_all_its_app_declares(ns: str, redis_url: str) -> None:
+    """`streamproc worker --group a`: group b, whose worker is down, exists from the start, so what is published
+    now waits for it."""
+    calls = Calls()
+    async with open_app(ns, redis_url) as app:
+        app.handler(CardAdded, group="a")(handler_recording(calls))
+        app.handler(CardAdded, group="b")(handler_recording(calls))
+        keys = partition(app, CardAdded)
+        async with running(app, groups=["a"]) as worker:
+            await worker.wait_for(lambda: app.redis.exists(keys.stream))
+            assert await _group_names(app.redis, keys) == {"a", "b"}
+            await app.publish_many(cards(5))
+            await worker.wait_for(lambda: calls.distinct("a") == 5)
+        async with running(app, groups=["b"]) as worker:
+            await worker.wait_for(lambda: calls.distinct("b") == 5, message="b gets what came before it ran")
+    assert calls.total("a") == calls.total("b") == 5
