@@ -31,13 +31,21 @@ class PublishError(StreamprocError):
 
 
 class BacklogFull(PublishError):
-    """The stream's unconsumed backlog is over its limit; publish again after consumers catch up."""
+    """The stream's unconsumed backlog is over its limit; publish again after consumers catch up. A batch larger
+    than the limit itself can never fit: that one is not retriable (publish it in smaller batches)."""
 
-    def __init__(self, stream: str, backlog: int, limit: int) -> None:
-        super().__init__(f"backlog of {stream} is {backlog} entries, over the limit of {limit}")
+    def __init__(self, stream: str, backlog: int, limit: int, incoming: int = 1) -> None:
+        if incoming > limit:
+            message = (f"a batch of {incoming} events for {stream} is larger than its backlog limit of {limit}; "
+                       "publish it in smaller batches")
+        else:
+            message = f"backlog of {stream} is {backlog} entries; {incoming} more would pass the limit of {limit}"
+        super().__init__(message)
+        self.retriable = incoming <= limit
         self.stream = stream
         self.backlog = backlog
         self.limit = limit
+        self.incoming = incoming
 
 
 class DecodeError(StreamprocError):

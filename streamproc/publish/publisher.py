@@ -238,7 +238,7 @@ class Publisher:
             await self._read_backlogs(stale, {p.keys.stream: p for p in prepared}, now)
         for stream, n in counts.items():
             if backlogs[stream].estimate + n > limit:
-                raise BacklogFull(stream, backlogs[stream].estimate, limit)
+                raise BacklogFull(stream, backlogs[stream].estimate, limit, n)
         for stream, n in counts.items():
             backlogs[stream].estimate += n
         if mark:

@@ -124,3 +124,16 @@ async def test_backlog_counts_only_declared_groups_and_learns_new_ones(ns: str, 
         with pytest.raises(BacklogFull) as refused:
             await producer.publish(CardAdded(card_id="one-too-many"))
         assert refused.value.backlog == 20
+
+
+async def test_a_batch_larger_than_the_limit_is_refused_for_good(ns: str, redis_url: str) -> None:
+    async with open_app(ns, redis_url, max_backlog=10) as app:
+        app.handler(CardAdded, group="g")(noop)
+        with pytest.raises(BacklogFull) as refused:
+            await app.publish_many(cards(11))
+        assert not refused.value.retriable, "it can never fit: retrying would not help"
+        assert "smaller batches" in str(refused.value)
+        await app.publish_many(cards(10))  # one that fits goes in
+        with pytest.raises(BacklogFull) as full:
+            await app.publish_many(cards(1))
+        assert full.value.retriable, "this one fits once consumers catch up"
