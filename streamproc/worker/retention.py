@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -59,14 +58,13 @@ class Trimmed:
 async def trim_partition(redis: aioredis.Redis, trim: TrimPass) -> Trimmed:
     """Trim one stream by the safe min id and the policy (see redis/lua/trim.lua)."""
     script = redis.register_script(TRIM)
-    policy_minid = f"{max(0, int(time.time() * 1000) - trim.retention_ms)}-0"
     others = trim.others - set(trim.own)
     learned: frozenset[str] = frozenset()
     while True:
         names = [*trim.own, *sorted(others)]
         keys = [trim.keys.stream, trim.keys.groups(), trim.keys.declared(), trim.keys.checkpoints(),
                 trim.keys.trim_lock(), *(trim.keys.retried(g) for g in names)]
-        args: list[str | int] = [policy_minid, trim.max_length, TRIM_INSPECT_LIMIT, trim.owner, trim.lock_ms,
+        args: list[str | int] = [trim.retention_ms, trim.max_length, TRIM_INSPECT_LIMIT, trim.owner, trim.lock_ms,
                                  ORPHAN_AFTER_MS, len(trim.own), *names]
         removed, _, state, *found = await script(keys=keys, args=args)
         names_found = [_text(n) for n in found]

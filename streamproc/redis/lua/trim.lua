@@ -1,8 +1,9 @@
 #!lua flags=allow-oom
 -- KEYS: stream, groups registry (hash), declarations (sorted set: group -> ms last declared), checkpoints (hash),
 -- trim lock, then the retried set (entry id -> its ms time, for entries in retry) of each group named in ARGV[8..].
--- ARGV: policy min id ('0-0' = none), max length (0 = none), max entries to inspect for the length policy,
--- lock owner ('' = a one-off trim: no lock), lock ms, orphan-after ms, n, then group names: the first n are the
+-- ARGV: retention ms (fully acked entries older than this by Redis's clock go), max length (0 = none), max entries
+-- to inspect for the length policy, lock owner ('' = a one-off trim: no lock), lock ms, orphan-after ms, n, then
+-- group names: the first n are the
 -- groups this app declares on the stream, the others are groups the caller knows the registry declares (KEYS[5 + i]
 -- belongs to ARGV[7 + i]).
 -- Refreshes this app's declarations, then, unless another process holds the lock (one trims a stream at a time):
@@ -86,7 +87,7 @@ for _, info in ipairs(infos) do
     end
   end
 end
-local policy = parse(ARGV[1])
+local policy = {math.max(0, now - tonumber(ARGV[1])), 0}
 local maxlen = tonumber(ARGV[2])
 local len = redis.call('XLEN', KEYS[1])
 if maxlen > 0 and len > maxlen then
