@@ -3,9 +3,8 @@
 -- trim lock, then the retried set (entry id -> its ms time, for entries in retry) of each group named in ARGV[8..].
 -- ARGV: retention ms (fully acked entries older than this by Redis's clock go), max length (0 = none), max entries
 -- to inspect for the length policy, lock owner ('' = a one-off trim: no lock), lock ms, orphan-after ms, n, then
--- group names: the first n are the
--- groups this app declares on the stream, the others are groups the caller knows the registry declares (KEYS[5 + i]
--- belongs to ARGV[7 + i]).
+-- group names: the first n are the groups this app declares on the stream, the others are groups the caller knows
+-- the registry declares (KEYS[5 + i] belongs to ARGV[7 + i]).
 -- Refreshes this app's declarations, then, unless another process holds the lock (one trims a stream at a time):
 -- records each declared group's checkpoint (the id it is recreated at if it vanishes: just before the first entry it
 -- still needs) and trims below the oldest entry any declared group still needs (pending, unread, or scheduled for
