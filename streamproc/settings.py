@@ -39,6 +39,12 @@ _LIMITS: dict[str, tuple[float, float, str]] = {
     "metrics_port": (0, 65_535, "it is a TCP port (0: no endpoint)"),
     "ingest_max_body_bytes": (1, math.inf, "every request would be refused as too large"),
     "ingest_max_batch": (1, math.inf, "every request would be refused"),
+    "ingest_body_timeout_ms": (10, math.inf, "every request would be answered 408 before its body could arrive"),
+    "ingest_keepalive_timeout_ms": (10, math.inf, "aiohttp takes 0 for no timeout: idle and half-sent connections "
+                                                  "would be held for ever"),
+    "ingest_max_header_bytes": (1, math.inf, "every request would be refused"),
+    "ingest_max_headers": (1, math.inf, "every request would be refused"),
+    "ingest_max_connections": (1, math.inf, "every connection would be refused"),
 }
 
 
@@ -104,8 +110,19 @@ class Settings:
     ingest_token_hashes: str = ""
     # Turns authentication off. For local development only; the server warns loudly at start.
     ingest_auth_disabled: bool = False
-    # Retry-After seconds sent with 429 (backlog full) and 503 (Redis unavailable).
+    # Retry-After seconds sent with 429 (backlog full) and 503 (Redis unavailable, or connections at their limit).
     ingest_retry_after_s: int = 1
+    # A request body must arrive whole within this long of its headers; else 408 and the connection closes.
+    ingest_body_timeout_ms: int = 10_000
+    # A connection idle this long between requests is closed; the first request's headers must arrive within this
+    # long of the connection, and each next request's within this long of the previous answer. Keep it above the
+    # idle timeout of a load balancer in front, so the balancer never reuses a connection the server just closed.
+    ingest_keepalive_timeout_ms: int = 75_000
+    # The longest request line or header line (bytes), and the most header lines per request: over either, 400.
+    ingest_max_header_bytes: int = 8_190
+    ingest_max_headers: int = 64
+    # Connections served at once; one more is answered 503 (with Retry-After) and closed.
+    ingest_max_connections: int = 1_024
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):

@@ -22,10 +22,15 @@ class TokenCheck:
 
     def allows(self, authorization: str | None) -> bool:
         """True if the Authorization header carries a bearer token whose digest is configured."""
+        return self.caller(authorization) is not None
+
+    def caller(self, authorization: str | None) -> str | None:
+        """Who is calling: a short id of the bearer token (the first 16 hex digits of its digest) if its digest is
+        configured, else None. It scopes what belongs to one caller, such as idempotency keys."""
         if not authorization or not authorization.startswith("Bearer "):
-            return False
-        presented = hashlib.sha256(authorization[7:].strip().encode()).digest()
+            return None
+        presented = hashlib.sha256(authorization[7:].strip().encode("utf-8", "surrogateescape")).digest()
         ok = False
         for digest in self.digests:  # compare with every digest, so timing doesn't tell which one matched
             ok |= hmac.compare_digest(presented, digest)
-        return ok
+        return presented.hex()[:16] if ok else None

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 import msgspec
 import orjson
@@ -20,6 +21,7 @@ from aiohttp import web
 from opentelemetry.trace import SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from redis.exceptions import RedisError
 
 from ..app import App
 from ..errors import BacklogFull, ConfigError, PublishError
@@ -29,7 +31,7 @@ from ..publish.groups import ensure_groups
 from ..publish.publisher import Prepared
 from ..redis.server import check_server
 from .auth import TokenCheck
-from .intake import FastIntake, Problem, decode_body, to_outgoing, with_request_ids
+from .intake import ANONYMOUS, FastIntake, Problem, RequestKey, decode_body, to_outgoing, with_request_ids
 from .openapi import openapi_document
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,15 @@ _propagator = TraceContextTextMapPropagator()
 def problem_response(problem: Problem) -> web.Response:
     return web.Response(status=problem.status, body=orjson.dumps(problem.body()), headers=problem.headers,
                         content_type="application/problem+json")
+
+
+async def _answer_and_close(request: web.Request, response: web.Response) -> None:
+    """Send the answer now, then close the connection. After a handler returns, aiohttp would wait up to its
+    lingering time (10 s) for the rest of an unread body before closing; a body that stalled is not coming."""
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()
 
 
 class Ingest:
@@ -124,7 +135,10 @@ class Ingest:
         try:
             return await handler(request)
         except Problem as problem:
-            return problem_response(problem)
+            response = problem_response(problem)
+            if problem.close:
+                await _answer_and_close(request, response)
+            return response
         except web.HTTPRequestEntityTooLarge:
             return problem_response(Problem(413, "Payload Too Large", "the body is over the size limit of "
                                             f"{self.app.settings.ingest_max_body_bytes} bytes"))
@@ -150,18 +164,36 @@ class Ingest:
         children[0].inc()
         children[1].observe(seconds)
 
-    def _check_request(self, request: web.Request) -> None:
-        if self.auth is not None and not self.auth.allows(request.headers.get("Authorization")):
+    def _check_request(self, request: web.Request) -> str:
+        """Check the credentials and the declared body size; return who is calling (see TokenCheck.caller)."""
+        caller = ANONYMOUS if self.auth is None else self.auth.caller(request.headers.get("Authorization"))
+        if caller is None:
             raise Problem(401, "Unauthorized", "send Authorization: Bearer <token>",
                           headers={"WWW-Authenticate": 'Bearer realm="streamproc"'})
         limit = self.app.settings.ingest_max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise Problem(413, "Payload Too Large", f"the body is over the size limit of {limit} bytes")
+        return caller
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        """The whole body, or a 408 (and the connection closed) if it does not arrive in time: a client that sends
+        headers and part of a body, then nothing, must not hold its connection and request for ever."""
+        timeout = self.app.settings.ingest_body_timeout_ms / 1000
+        try:
+            async with asyncio.timeout(timeout):
+                return await request.read()
+        except TimeoutError:
+            raise Problem(408, "Request Timeout", f"the body did not arrive within {timeout:g} s", close=True,
+                          ) from None
 
     async def post_events(self, request: web.Request) -> web.Response:
-        self._check_request(request)
-        body = await request.read()
-        prepared = self._prepare(body, request.content_type, request.headers.get("Idempotency-Key"))
+        caller = self._check_request(request)
+        body = await self._read_body(request)
+        key = request.headers.get("Idempotency-Key")
+        request_key = RequestKey.of(caller, key, request.content_type, body) if key else None
+        prepared = self._prepare(body, request.content_type, request_key)
+        if request_key is not None:
+            await self._bind(request_key, prepared)
         retry_after = {"Retry-After": str(self.app.settings.ingest_retry_after_s)}
         try:
             published = await self.coalescer.submit(prepared)
@@ -173,19 +205,37 @@ class Ingest:
                   for p in published]
         return web.Response(status=202, body=orjson.dumps({"events": events}), content_type="application/json")
 
-    def _prepare(self, body: bytes, content_type: str, idempotency_key: str | None) -> list[Prepared]:
+    def _prepare(self, body: bytes, content_type: str, request_key: RequestKey | None) -> list[Prepared]:
         """Validated, encoded events: by the fast typed path when it accepts the body, else by the general path
         (which also reports every error)."""
         max_items = self.app.settings.ingest_max_batch
         fast = self.fast.outgoing(body, content_type, max_items)
         if fast is not None:
             try:
-                return self.app.publisher.prepare(with_request_ids(fast, idempotency_key))
+                return self.app.publisher.prepare(with_request_ids(fast, request_key))
             except (OverflowError, msgspec.EncodeError):
                 pass  # e.g. an integer too wide for the stream encoding: the general path names the field
         items = decode_body(body, content_type)
-        outgoing = to_outgoing(self.app.topology, items, idempotency_key, max_items)
+        outgoing = to_outgoing(self.app.topology, items, request_key, max_items)
         return self.app.publisher.prepare(outgoing)
+
+    async def _bind(self, key: RequestKey, prepared: list[Prepared]) -> None:
+        """Remember which body an Idempotency-Key came with, for the dedup window, in one round trip (SET NX GET);
+        refuse the key with another body (422, as the IETF Idempotency-Key draft says). An identical retry passes,
+        and its events, whose ids derive from the same key and body, dedup to the ones already appended."""
+        window = self.app.settings.dedup_window_ms
+        try:
+            seen = await self.app.redis.set(key.record(self.app.name), key.fingerprint, nx=True, get=True, px=window)
+        except RedisError as exc:
+            problem = Problem(503, "Redis Unavailable", f"Redis did not answer ({type(exc).__name__}: {exc})",
+                              headers={"Retry-After": str(self.app.settings.ingest_retry_after_s)})
+        else:
+            if seen is None or seen == key.fingerprint.encode():
+                return
+            problem = Problem(422, "Idempotency Key Reused", "this Idempotency-Key came with a different body "
+                              "before; send a new request with a new key (nothing was appended)")
+        self.app.publisher.abandon(prepared, problem)
+        raise problem
 
     async def healthz(self, _: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -211,21 +261,104 @@ class Ingest:
         return web.Response(body=self.openapi, content_type="application/json")
 
 
+_REFUSAL_LINGER_S = 1.0  # how long a refused connection may take to read its 503 and close
+
+
+class ConnectionGate:
+    """The ingest's protocol factory: each connection goes to aiohttp while fewer than `limit` are open, and is
+    answered 503 (and closed) otherwise. aiohttp has no connection limit (it leaves that to the application);
+    counting in connection_made and connection_lost, which asyncio calls once each per connection, is exact."""
+
+    def __init__(self, server: web.Server, limit: int, retry_after_s: int) -> None:
+        self.server = server
+        self.limit = limit
+        self.open = 0
+        body = orjson.dumps(Problem(503, "Too Many Connections", f"the server is at its limit of {limit} "
+                                    "connections; retry after Retry-After seconds").body())
+        self.refusal = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/problem+json\r\n"
+                        f"Content-Length: {len(body)}\r\nRetry-After: {retry_after_s}\r\nConnection: close\r\n"
+                        "\r\n").encode() + body
+
+    def __call__(self) -> asyncio.Protocol:
+        return _GatedConnection(self)
+
+
+class _GatedConnection(asyncio.Protocol):
+    """One connection: aiohttp's protocol, counted, or (over the limit) a refusal that writes its 503, then reads
+    and drops what the client sends until it closes or a second passes, so the client reads the answer rather than
+    a reset."""
+
+    def __init__(self, gate: ConnectionGate) -> None:
+        self._gate = gate
+        self._inner: web.RequestHandler | None = None
+        self._linger: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        gate = self._gate
+        if gate.open < gate.limit:
+            gate.open += 1
+            self._inner = gate.server()
+            self._inner.connection_made(transport)
+            return
+        stream = cast(asyncio.Transport, transport)
+        stream.write(gate.refusal)
+        if stream.can_write_eof():
+            stream.write_eof()
+        self._linger = asyncio.get_running_loop().call_later(_REFUSAL_LINGER_S, stream.abort)
+
+    def data_received(self, data: bytes) -> None:
+        if self._inner is not None:
+            self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        if self._inner is not None:
+            self._inner.eof_received()
+        return None  # close (aiohttp's answer too)
+
+    def pause_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._inner is not None:
+            self._gate.open -= 1
+            self._inner.connection_lost(exc)
+        elif self._linger is not None:
+            self._linger.cancel()
+
+
 async def serve_ingest(app: App, host: str, port: int, stopping: asyncio.Event,
                        started: Callable[[int], None] | None = None) -> None:
-    """Serve until `stopping` is set, then stop accepting, finish in-flight requests and flush appends."""
+    """Serve until `stopping` is set, then stop accepting, finish in-flight requests and flush appends. Whatever the
+    clients do, the stop takes grace_period_s at most (aiohttp rounds a timeout over 5 s up to a whole second), plus
+    the deadline of an append still on its way: idle and half-sent requests are closed at once, and handlers still
+    running after the grace period (a request waiting for its body among them) are cancelled."""
     ingest = Ingest(app)
-    runner = web.AppRunner(ingest.web_app(), access_log=None, shutdown_timeout=app.settings.grace_period_s)
+    settings = app.settings
+    runner = web.AppRunner(ingest.web_app(), access_log=None, shutdown_timeout=settings.grace_period_s,
+                           keepalive_timeout=settings.ingest_keepalive_timeout_ms / 1000,
+                           max_line_size=settings.ingest_max_header_bytes,
+                           max_field_size=settings.ingest_max_header_bytes, max_headers=settings.ingest_max_headers)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    bound = runner.addresses[0][1] if runner.addresses else port
+    assert runner.server is not None
+    gate = ConnectionGate(runner.server, settings.ingest_max_connections, settings.ingest_retry_after_s)
+    try:
+        listener = await asyncio.get_running_loop().create_server(gate, host, port, backlog=128)  # as TCPSite's
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound = int(listener.sockets[0].getsockname()[1])
     log.info("ingest listening on http://%s:%s", host, bound)
     if started is not None:
         started(bound)
     try:
         await stopping.wait()
     finally:
+        listener.close()
         await runner.cleanup()
         await app.aclose()
     log.info("ingest stopped cleanly")

@@ -29,9 +29,13 @@ ACCEPTED = {
                        "duplicate": {"type": "boolean"}}}}},
 }
 _ERRORS = {
-    "400": "Malformed JSON or msgpack", "401": "Missing or invalid bearer token", "413": "Body or batch too large",
-    "415": "Unsupported content type", "422": "An event is invalid (unknown type or schema violation)",
-    "429": "A stream's backlog is over its limit; retry after Retry-After", "503": "Redis unavailable",
+    "400": "Malformed JSON or msgpack (or nested too deeply to decode)", "401": "Missing or invalid bearer token",
+    "408": "The body did not arrive within the body timeout; the connection is closed",
+    "413": "Body or batch too large", "415": "Unsupported content type",
+    "422": "An event is invalid (unknown type, schema violation, data nested too deeply), or the Idempotency-Key "
+           "came before with a different body",
+    "429": "A stream's backlog is over its limit; retry after Retry-After",
+    "503": "Redis unavailable, or the server is at its connection limit; retry after Retry-After",
 }
 
 
