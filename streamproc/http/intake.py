@@ -83,7 +83,8 @@ def _item_error(index: int, path: str, message: str) -> dict[str, Any]:
     return {"index": index, "path": path.replace("$", f"$[{index}]", 1), "message": message}
 
 
-def _convert(topology: Topology, index: int, item: Any) -> tuple[Outgoing | None, dict[str, Any] | None]:
+def _convert(topology: Topology, index: int, item: Any, measure: bool,
+             ) -> tuple[Outgoing | None, dict[str, Any] | None]:
     if not isinstance(item, dict):
         return None, _item_error(index, "$", "each event must be an object")
     event_type = item.get("type")
@@ -92,7 +93,7 @@ def _convert(topology: Topology, index: int, item: Any) -> tuple[Outgoing | None
         known = ", ".join(sorted(topology.by_tag))
         return None, _item_error(index, "$.type", f"unknown event type {event_type!r}; known types: {known}")
     options = {k: item.pop(k) for k in RESERVED if k in item}
-    error = _options_error(options) or _depth_error(item, route.event_type)
+    error = _options_error(options) or (_depth_error(item, route.event_type) if measure else None)
     if error is not None:
         return None, _item_error(index, *error)
     try:
@@ -114,6 +115,20 @@ def _options_error(options: dict[str, Any]) -> tuple[str, str] | None:
     if options.get("id") is not None and not EVENT_ID_PATTERN.fullmatch(options["id"]):
         return "$.id", "must be 1-200 characters of A-Z a-z 0-9 . _ : @ / + = -"
     return None
+
+
+def _free_form_too_deep(topology: Topology, items: list[Any]) -> bool:
+    """Whether a free-form field of any item nests past MAX_DEPTH (its type's other fields cannot hold such data,
+    and fields it does not have are ignored)."""
+    if not any(_free_form_fields(route.event_type) for route in topology.by_tag.values()):
+        return False
+    values: list[Any] = []
+    for item in items:
+        event_type = item.get("type") if isinstance(item, dict) else None
+        route = topology.by_tag.get(event_type) if isinstance(event_type, str) else None
+        if route is not None and (fields := _free_form_fields(route.event_type)):
+            values.extend(item.get(key) for _, key in fields)
+    return too_deep(values, MAX_DEPTH)  # the list of them is a level too
 
 
 def _depth_error(item: dict[str, Any], event_type: type[Event]) -> tuple[str, str] | None:
@@ -239,8 +254,9 @@ def to_outgoing(topology: Topology, items: list[Any], request_key: RequestKey | 
         raise Problem(413, "Too Many Events", f"{len(items)} events in one request; the limit is {max_items}")
     out: list[Outgoing] = []
     errors: list[dict[str, Any]] = []
+    measure = _free_form_too_deep(topology, items)  # one pass for all; each item only if one is too deep
     for index, item in enumerate(items):
-        outgoing, error = _convert(topology, index, item)
+        outgoing, error = _convert(topology, index, item, measure)
         if error is not None:
             errors.append(error)
         elif outgoing is not None:
