@@ -17,6 +17,9 @@
     {ns}:checkpoints:{card.added:3}            hash: group -> the id it is recreated at if it vanishes while the
                                                stream does not (refreshed by maintenance)
     {ns}:trimlock:{card.added:3}               the consumer trimming the stream now (expires after one interval)
+
+Keys of no partition: {ns}:once:{group}:{event id}:{scope} (Context.once markers) and, at the ingest,
+{ns}:idem:{caller}:{sha256 of an Idempotency-Key} (the body fingerprint the key was first used with).
 """
 
 from __future__ import annotations
