@@ -27,7 +27,7 @@ from ..app import App
 from ..errors import BacklogFull, ConfigError, PublishError
 from ..observe.metrics import Metrics, StreamStateCollector
 from ..publish.coalesce import Coalescer
-from ..publish.groups import ensure_groups
+from ..publish.groups import ensure_app_groups
 from ..publish.publisher import Prepared
 from ..redis.server import check_server
 from .auth import TokenCheck
@@ -103,9 +103,7 @@ class Ingest:
             log.warning("could not create consumer groups at start (%s); /readyz will report not ready", exc)
 
     async def _ensure_groups(self) -> None:
-        wanted = [(keys.stream, g, start) for route in self.app.topology.by_tag.values()
-                  for keys in route.partitions for g, start in route.groups.items()]
-        await ensure_groups(self.app.redis, wanted)
+        await ensure_app_groups(self.app.redis, self.app.topology)
         self.ready = True
 
     async def _drain(self, _: web.Application) -> None:

@@ -16,8 +16,9 @@ from typing import Literal, cast
 import redis.asyncio as aioredis
 
 from ..keys import PartitionKeys
+from ..redis.resp import text
 from ..redis.scripts import ENSURE_GROUP
-from ..topology import ORPHAN_AFTER_MS, StartAt
+from ..topology import ORPHAN_AFTER_MS, StartAt, Topology
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +70,22 @@ async def ensure_declared(redis: aioredis.Redis, wanted: Sequence[Wanted], mode:
     out: dict[PartitionKeys, dict[str, StartAt]] = {}
     for w, (created, declared) in zip(wanted, replies, strict=True):
         for i in range(0, len(created), 4):
-            group, how, at, after = (_text(x) for x in created[i : i + 4])
+            group, how, at, after = (text(x) for x in created[i : i + 4])
             _log_created(Created(w.keys, group, how, at, int(after)), mode)
-        found = out[w.keys] = {_text(declared[i]): cast(StartAt, _text(declared[i + 1]))
+        found = out[w.keys] = {text(declared[i]): cast(StartAt, text(declared[i + 1]))
                                for i in range(0, len(declared), 2)}
         for group, start in w.groups.items():
             if found.get(group, start) != start:
                 log.warning("group %s on %s was declared with start=%s before; that stays (a start option only "
                             "matters when a group is created)", group, w.keys.stream, found[group])
     return out
+
+
+async def ensure_app_groups(redis: aioredis.Redis, topology: Topology) -> None:
+    """Declare and create every group an app declares on every stream of its types (handler groups and those
+    `register(..., groups=...)` names), also those this process does not run: what workers and ingest do at start."""
+    await ensure_declared(redis, [Wanted(keys, route.all_groups()) for route in topology.by_tag.values()
+                                  if route.all_groups() for keys in route.partitions])
 
 
 async def ensure_groups(redis: aioredis.Redis, wanted: list[tuple[str, str, StartAt]]) -> None:
@@ -112,7 +120,3 @@ def _log_created(c: Created, mode: Mode) -> None:
 
 def _pairs(groups: Mapping[str, StartAt]) -> list[str]:
     return [x for kv in groups.items() for x in kv]
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -9,6 +9,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from ..keys import PartitionKeys
+from ..redis.resp import text
 from ..redis.scripts import DELETE_GROUP
 from ..topology import ORPHAN_AFTER_MS, Topology, is_declared
 
@@ -69,9 +70,9 @@ async def _stream_rows(redis: aioredis.Redis, keys: PartitionKeys, own: Mapping[
             raise infos
         infos = []
     now_ms = seconds * 1000 + micros // 1000
-    starts = {_text(k): _text(v) for k, v in registry.items()}
-    at = {_text(name): score for name, score in declared}
-    on_stream = {_text(info["name"]): info for info in infos}
+    starts = {text(k): text(v) for k, v in registry.items()}
+    at = {text(name): score for name, score in declared}
+    on_stream = {text(info["name"]): info for info in infos}
     rows = []
     for group in sorted({*on_stream, *starts}):
         info = on_stream.get(group, {})
@@ -82,7 +83,3 @@ async def _stream_rows(redis: aioredis.Redis, keys: PartitionKeys, own: Mapping[
         rows.append(GroupRow(keys.stream, group, status, group in on_stream, starts.get(group), ago,
                              lag if isinstance(lag, int) else None, int(info.get("pending", 0))))
     return rows
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

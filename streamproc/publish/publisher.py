@@ -18,7 +18,7 @@ from ..errors import BacklogFull, PublishError
 from ..event import Event, check_event_id, new_event_id, partition_of
 from ..keys import PartitionKeys
 from ..observe.instruments import Instruments
-from ..redis.resp import EXEC, MULTI, pack_fields, send_packed, xadd_prefix
+from ..redis.resp import EXEC, MULTI, pack_fields, send_packed, text, xadd_prefix
 from ..redis.scripts import BACKLOG, PUBLISH_ONCE
 from ..settings import Settings
 from ..topology import ORPHAN_AFTER_MS, StartAt, Topology, TypeRoute
@@ -272,7 +272,7 @@ class Publisher:
         for stream, (backlog, learned) in zip(streams, replies, strict=True):
             self._backlogs[stream] = _Backlog(now, int(backlog))
             if learned:  # declared by another app since this publisher looked: counted from now on
-                self._learn(stream, {_text(learned[i]): cast(StartAt, _text(learned[i + 1]))
+                self._learn(stream, {text(learned[i]): cast(StartAt, text(learned[i + 1]))
                                      for i in range(0, len(learned), 2)})
 
     def _backlog_call(self, p: Prepared) -> tuple[list[str], list[str | int]]:
@@ -291,9 +291,5 @@ def _count_by_stream(prepared: list[Prepared]) -> dict[str, int]:
 def _published(p: Prepared, reply: object) -> Published:
     if p.dedup:
         appended, stream_id = cast(list[Any], reply)  # the script returns {appended, id}
-        return Published(p.event_id, p.keys.stream, _text(stream_id), bool(appended))
-    return Published(p.event_id, p.keys.stream, _text(reply))
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+        return Published(p.event_id, p.keys.stream, text(stream_id), bool(appended))
+    return Published(p.event_id, p.keys.stream, text(reply))

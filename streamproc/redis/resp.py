@@ -39,6 +39,11 @@ def pack_fields(fields: Mapping[bytes, bytes | str | int]) -> bytes:
     return b"".join(_bulk(name) + _bulk(_as_bytes(value)) for name, value in fields.items())
 
 
+def text(value: object) -> str:
+    """A reply value (bytes from a bytes-in, bytes-out client) as text."""
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
 def pack_command(*args: bytes) -> bytes:
     return b"*%d\r\n" % len(args) + b"".join(_bulk(a) for a in args)
 

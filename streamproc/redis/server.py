@@ -20,6 +20,7 @@ from redis import exceptions as rx
 from ..errors import UnsupportedServer
 from ..settings import Settings
 from .errors import is_transient
+from .resp import text
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ async def _config_policy(redis: aioredis.Redis) -> str | None:
     except rx.ResponseError as exc:  # renamed, disabled, or not allowed by an ACL
         log.warning("CONFIG GET is not available (%s); reading maxmemory-policy from INFO instead", exc)
         return None
-    values = [_text(v) for k, v in dict(found or {}).items() if _text(k) == "maxmemory-policy"]
+    values = [text(v) for k, v in dict(found or {}).items() if text(k) == "maxmemory-policy"]
     return values[0] if values else None  # an empty answer (some proxies): read INFO instead
 
 
@@ -115,11 +116,7 @@ async def _info_field(redis: aioredis.Redis, section: str, name: str) -> str | N
         log.warning("INFO %s is not available (%s)", section, exc)
         return None
     value = info.get(name)
-    return _text(value) if value is not None else None
-
-
-def _text(value: object) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+    return text(value) if value is not None else None
 
 
 def _shown(version: tuple[int, ...] | None) -> str:

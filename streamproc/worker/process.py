@@ -10,7 +10,7 @@ import socket
 import uuid
 
 from ..app import App
-from ..publish.groups import Wanted, ensure_declared
+from ..publish.groups import ensure_app_groups
 from ..redis.connection import command_deadline_s, read_deadline_s
 from ..redis.errors import FatalRedisError
 from ..redis.server import check_server
@@ -53,9 +53,7 @@ async def run_worker(app: App, stopping: asyncio.Event, groups: list[str] | None
     # Every group the app declares, also those this process does not run (--group): a group whose worker is down
     # must exist before the next event is appended. Redis may be down, loading or full right now: wait it out
     # (until stopped) rather than fail the start.
-    wanted = [Wanted(keys, route.all_groups()) for route in app.topology.by_tag.values() if route.all_groups()
-              for keys in route.partitions]
-    await until_done("creating consumer groups", lambda: ensure_declared(app.redis, wanted), stopping,
+    await until_done("creating consumer groups", lambda: ensure_app_groups(app.redis, app.topology), stopping,
                      Recovery(_nothing, on_fatal))
     workers = [GroupWorker(app, g, by_group[g], consumer, concurrency, on_fatal) for g in chosen]
     log.info("worker %s running groups %s", consumer, chosen)

@@ -28,7 +28,8 @@ class RestartPolicy:
     def after_death(self, deaths_in_a_row: int, ran_s: float) -> tuple[int, float]:
         """A slot's child died after running `ran_s`: its deaths in a row now, and the delay before the restart."""
         deaths = 1 if ran_s >= self.healthy_after_s else deaths_in_a_row + 1
-        return deaths, min(self.max_delay_s, self.first_delay_s * 2 ** (deaths - 1))
+        # The exponent is capped: after days of a crash loop, 2 ** deaths would overflow a float.
+        return deaths, min(self.max_delay_s, self.first_delay_s * 2.0 ** min(deaths - 1, 60))
 
 
 class CrashLoop:

@@ -18,8 +18,9 @@ import redis.asyncio as aioredis
 
 from ..app import App
 from ..keys import PartitionKeys
-from ..publish.groups import Wanted, ensure_declared
+from ..publish.groups import ensure_app_groups
 from ..redis.errors import FatalRedisError
+from ..redis.resp import text
 from ..redis.scripts import DELETE_IDLE_CONSUMERS, TRIM
 from ..topology import ORPHAN_AFTER_MS
 from .loops import Recovery, repeat
@@ -67,9 +68,9 @@ async def trim_partition(redis: aioredis.Redis, trim: TrimPass) -> Trimmed:
         args: list[str | int] = [trim.retention_ms, trim.max_length, TRIM_INSPECT_LIMIT, trim.owner, trim.lock_ms,
                                  ORPHAN_AFTER_MS, len(trim.own), *names]
         removed, _, state, *found = await script(keys=keys, args=args)
-        names_found = [_text(n) for n in found]
-        if _text(state) != "unknown":
-            return Trimmed(int(removed), _text(state), tuple(names_found), learned)
+        names_found = [text(n) for n in found]
+        if text(state) != "unknown":
+            return Trimmed(int(removed), text(state), tuple(names_found), learned)
         learned = learned | set(names_found)  # declared since the caller last looked: pass their retry sets too
         others |= learned
 
@@ -100,8 +101,7 @@ class Maintenance:
 async def maintain_once(app: App, me: str, state: Maintenance | None = None) -> None:
     state = state if state is not None else Maintenance()
     if not state.declared:  # every group of the app, also those this process does not run (--group)
-        await ensure_declared(app.redis, [Wanted(keys, route.all_groups()) for route in app.topology.by_tag.values()
-                                          for keys in route.partitions if route.all_groups()])
+        await ensure_app_groups(app.redis, app.topology)
         state.declared = True
     settings = app.settings
     for route in app.topology.by_tag.values():
@@ -141,7 +141,3 @@ async def maintain(app: App, me: str, stopping: asyncio.Event, on_fatal: Callabl
         return None
 
     await repeat("maintenance", step, stopping, Recovery(nothing, on_fatal))
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -45,7 +45,7 @@ async def test_a_long_script_elsewhere_is_waited_out_by_every_group(ns: str, fre
             await worker.wait_for(lambda: calls.distinct("a") == 20 and calls.distinct("b") == 20)
             busy = threading.Thread(target=_busy_script, args=(fresh_redis.port, 1.5))
             busy.start()
-            await asyncio.sleep(0.3)  # the script is past the busy threshold: every command now gets BUSY
+            await wait_for(lambda: _answers_busy(fresh_redis.port), timeout=5, message="Redis answers BUSY")
             later = await publish_until_accepted(app, cards(20, "later"))
             await asyncio.to_thread(busy.join)
             for group in ("a", "b"):
@@ -54,6 +54,17 @@ async def test_a_long_script_elsewhere_is_waited_out_by_every_group(ns: str, fre
     assert len(later) == 20
     for group in ("a", "b"):
         assert calls.total(group) == 40, f"{group} ran each event once: {calls.total(group)} runs"
+
+
+async def _answers_busy(port: int) -> bool:
+    probe = aioredis.Redis(port=port)
+    try:
+        await probe.ping()
+        return False
+    except redis.exceptions.ResponseError as exc:
+        return "BUSY" in str(exc)
+    finally:
+        await probe.aclose()
 
 
 def _busy_script(port: int, seconds: float) -> None:

@@ -34,3 +34,9 @@ def test_a_crash_loop_is_reported_once_per_window() -> None:
 def test_deaths_spread_wider_than_the_window_are_no_loop() -> None:
     loop = CrashLoop(POLICY)
     assert all(loop.died(t * 100.0) is None for t in range(20))
+
+
+def test_a_crash_loop_of_days_keeps_the_longest_delay() -> None:
+    policy = RestartPolicy()
+    deaths, delay = policy.after_death(5_000, ran_s=1.0)  # 2 ** 5000 would overflow a float
+    assert (deaths, delay) == (5_001, policy.max_delay_s)
