@@ -1,5 +1,8 @@
 """streamproc: an asyncio event stream processor on Redis Streams."""
 
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
+
 from .app import App, Handler
 from .backoff import Backoff
 from .context import Context
@@ -20,6 +23,11 @@ from .settings import Settings
 from .worker.deadletter import DeadLettered, read_deadletters
 from .worker.process import run_worker
 
+try:
+    __version__ = _version("streamproc")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
 __all__ = [
     "App",
     "BacklogFull",
@@ -39,6 +47,7 @@ __all__ = [
     "Retry",
     "Settings",
     "StreamprocError",
+    "__version__",
     "key_slot",
     "new_event_id",
     "partition_of",
