@@ -1,7 +1,5 @@
 """streamproc: an asyncio event stream processor on Redis Streams."""
 
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as _version
 
 from .app import App, Handler
 from .backoff import Backoff
@@ -20,13 +18,9 @@ from .event import Event, new_event_id, partition_of
 from .keys import PartitionKeys, key_slot
 from .publish.publisher import Outgoing, Published
 from .settings import Settings
+from .version import __version__
 from .worker.deadletter import DeadLettered, read_deadletters
 from .worker.process import run_worker
-
-try:
-    __version__ = _version("streamproc")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
 
 __all__ = [
     "App",

@@ -23,7 +23,7 @@ ALLOWED: dict[str, set[str]] = {
     "http": {TOP, "redis", "observe", "publish"},
     "devtools": {TOP, "redis", "observe", "publish", "worker", "http"},
 }
-SHARED_TOP = {"event", "codec", "keys", "topology", "context", "errors", "settings", "backoff"}
+SHARED_TOP = {"event", "codec", "keys", "topology", "context", "errors", "settings", "backoff", "version"}
 
 
 def modules() -> list[str]:
