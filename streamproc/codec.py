@@ -5,7 +5,11 @@ An entry holds whole-word fields:
     type         the event's tag, e.g. "card.added"
     occurred_at  publish time, integer milliseconds since the epoch
     data         the event encoded with msgspec msgpack (it carries its own "type" tag)
-    traceparent  W3C trace context of the publisher, when tracing is on (optional)
+and, when tracing is on, the trace context of the publish as the global propagator writes it, a field per header:
+    traceparent  W3C trace context (with the default propagators; entries of older versions carry only this)
+    tracestate   W3C vendor trace state, when there is one
+    baggage      W3C baggage, when there is some
+(another propagator set by OTEL_PROPAGATORS writes its own names, e.g. b3; none may replace an envelope field)
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ EVENT_ID = b"event_id"
 TYPE = b"type"
 OCCURRED_AT = b"occurred_at"
 DATA = b"data"
-TRACEPARENT = b"traceparent"
+ENVELOPE_FIELDS = frozenset((EVENT_ID, TYPE, OCCURRED_AT, DATA))
 
 _encoder = msgspec.msgpack.Encoder()
 

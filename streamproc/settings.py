@@ -93,9 +93,11 @@ class Settings:
     processes: int = 0
     # Dead-letter streams keep at most this many entries per (partition, group).
     deadletter_max_length: int = 100_000
-    # Tracing: OTEL_TRACES_EXPORTER (otlp, console, none) and OTEL_SERVICE_NAME; region and instance become
-    # resource attributes (from FLY_REGION and FLY_MACHINE_ID on Fly.io).
-    traces_exporter: str = "none"
+    # Tracing at the edge (`streamproc worker|ingest|dev`, see observe/sdk.py): OTEL_TRACES_EXPORTER, a comma list
+    # (otlp, console, none; unset: otlp if an OTLP endpoint is configured, else none), and OTEL_SERVICE_NAME (the
+    # default is "{app}-{role}"); region and instance become the cloud.region and host.id resource attributes (from
+    # FLY_REGION and FLY_MACHINE_ID on Fly.io). OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME win over all of them.
+    traces_exporter: str = ""
     service_name: str = ""
     region: str = ""
     instance: str = ""

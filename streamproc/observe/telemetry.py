@@ -1,115 +1,162 @@
-"""OpenTelemetry tracing: a PRODUCER span per published event, the W3C trace context stored in the entry, and a
-CONSUMER span per handler run, parented on the producer's context so one trace runs from publish to every group.
+"""OpenTelemetry tracing through the API only: a PRODUCER span per published event, the propagator's fields (W3C
+`traceparent`, `tracestate`, `baggage`, or whatever OTEL_PROPAGATORS configures) stored in the entry, and a CONSUMER
+span per handler run, parented on the producer's context, so one trace runs from publish to every group.
 
-When no exporter is configured, `Tracing.enabled` is False and the publish and handler paths skip all of this.
+streamproc never makes a TracerProvider: it uses the global one, which the application sets (or `streamproc
+worker|ingest|dev` does, see observe/sdk.py, or `opentelemetry-instrument`). Until one is set, tracing is off and
+the publish and handler paths pay one check per event (Tracing.tracer), not a span.
 """
 
 from __future__ import annotations
 
-from opentelemetry import trace
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import (
-    BatchSpanProcessor,
-    ConsoleSpanExporter,
-    SimpleSpanProcessor,
-    SpanExporter,
-)
-from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from collections.abc import Callable
 
-from ..errors import ConfigError
-from ..settings import Settings
+import opentelemetry.trace as trace_api
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.propagators.textmap import Getter, Setter
+from opentelemetry.trace import Link, NoOpTracer, NoOpTracerProvider, Span, SpanKind, Status, StatusCode, Tracer
 
-# Messaging semantic conventions (https://opentelemetry.io/docs/specs/semconv/messaging/); Redis Streams has no
-# registered messaging.system value, so we use "redis".
+from ..codec import ENVELOPE_FIELDS
+from ..keys import PartitionKeys
+from ..version import __version__
+
+# The semantic conventions the attribute names below follow (messaging, HTTP, error.type).
+SCHEMA_URL = "https://opentelemetry.io/schemas/1.27.0"
+
+# Messaging semantic conventions (https://opentelemetry.io/docs/specs/semconv/messaging/). Redis Streams has no
+# registered messaging.system value, so we use "redis". Our own attributes are under "streamproc.".
 SYSTEM = "redis"
 A_SYSTEM = "messaging.system"
 A_DESTINATION = "messaging.destination.name"
+A_PARTITION = "messaging.destination.partition.id"
 A_OPERATION_TYPE = "messaging.operation.type"
 A_OPERATION_NAME = "messaging.operation.name"
 A_MESSAGE_ID = "messaging.message.id"
 A_GROUP = "messaging.consumer.group.name"
-A_STREAM_ID = "messaging.redis.stream.entry_id"
+A_CLIENT_ID = "messaging.client.id"
+A_ERROR_TYPE = "error.type"
+A_ENTRY_ID = "streamproc.stream.entry_id"
 A_EVENT_TYPE = "streamproc.event.type"
 A_ATTEMPT = "streamproc.attempt"
-
-_propagator = TraceContextTextMapPropagator()
+A_RETRY_DELAY = "streamproc.retry.delay_s"
+A_DEAD_LETTER_REASON = "streamproc.dead_letter.reason"
+# Span events: constant names, the variable part in attributes.
+EV_RETRY = "streamproc.retry_scheduled"
+EV_DEAD_LETTER = "streamproc.dead_lettered"
 
 
 class Tracing:
-    """Tracing for one app. Built once at the edge; `Tracing()` (no provider) is off and costs nothing."""
+    """Whether tracing is on, decided from the global TracerProvider when it is set (possibly after the App was
+    built: by a web app at start-up, by `opentelemetry-instrument`, by the CLI's edge set-up).
 
-    def __init__(self, provider: trace.TracerProvider | None = None) -> None:
-        self.enabled = provider is not None
-        self.provider = provider
-        self.tracer = (provider or trace.NoOpTracerProvider()).get_tracer("streamproc")
+    A global provider can be set only once per process, so the answer, once there is a provider, is final and
+    cached: the hot paths then pay one attribute read. Until then they pay one read of the API's provider slot.
+    (`trace.get_tracer_provider()` would be the public way, but it looks up os.environ on every call while no
+    provider is set: about 1 µs, twice per event; the slot read is 15 ns.)"""
 
-    def start_send(self, destination: str, event_id: str, event_type: str) -> tuple[Span, str]:
-        """Start the PRODUCER span of one publish (child of the current span, e.g. the HTTP request);
-        returns it and the traceparent to store with the entry."""
-        span = self.tracer.start_span(f"send {destination}", kind=SpanKind.PRODUCER, attributes={
-            A_SYSTEM: SYSTEM, A_DESTINATION: destination, A_OPERATION_TYPE: "send", A_OPERATION_NAME: "send",
-            A_MESSAGE_ID: event_id, A_EVENT_TYPE: event_type})
-        carrier: dict[str, str] = {}
-        _propagator.inject(carrier, context=trace.set_span_in_context(span))
-        return span, carrier.get("traceparent", "")
+    __slots__ = ("_resolved", "_tracer", "owned_shutdown")
 
-    def start_process(self, destination: str, group: str, event_id: str, event_type: str, stream_id: str,
-                      attempt: int, traceparent: bytes | None) -> Span:
-        """Start the CONSUMER span of one handler run, child of the producer's context when the entry has one,
-        and linked to it as well (so batch-oriented backends can follow the link)."""
-        parent = _propagator.extract({"traceparent": traceparent.decode()}) if traceparent else None
-        producer = trace.get_current_span(parent).get_span_context() if parent is not None else None
-        links = [Link(producer)] if producer is not None and producer.is_valid else None
-        return self.tracer.start_span(f"process {destination}", context=parent, kind=SpanKind.CONSUMER, links=links,
-                                      attributes={
-                                          A_SYSTEM: SYSTEM, A_DESTINATION: destination, A_OPERATION_TYPE: "process",
-                                          A_OPERATION_NAME: "process", A_MESSAGE_ID: event_id, A_GROUP: group,
-                                          A_STREAM_ID: stream_id, A_EVENT_TYPE: event_type, A_ATTEMPT: attempt})
+    def __init__(self) -> None:
+        self._tracer: Tracer | None = None
+        self._resolved = False
+        # Set by the edge when it installed the provider itself (observe/sdk.py): flushes and closes its exporters.
+        self.owned_shutdown: Callable[[], object] | None = None
+        trace.get_tracer_provider()  # loads a provider named by OTEL_PYTHON_TRACER_PROVIDER, as the API does
+
+    def tracer(self) -> Tracer | None:
+        """streamproc's tracer, or None while tracing is off (no provider, or a no-op one such as the SDK's under
+        OTEL_SDK_DISABLED=true)."""
+        if self._resolved or trace_api._TRACER_PROVIDER is None:
+            return self._tracer
+        return self._resolve()
+
+    def _resolve(self) -> Tracer | None:
+        provider = trace.get_tracer_provider()
+        if not isinstance(provider, NoOpTracerProvider):
+            tracer = provider.get_tracer("streamproc", __version__, schema_url=SCHEMA_URL)
+            self._tracer = None if isinstance(tracer, NoOpTracer) else tracer
+        self._resolved = True
+        return self._tracer
 
     def shutdown(self) -> None:
-        if isinstance(self.provider, TracerProvider):
-            self.provider.shutdown()
+        """Flush and close the provider streamproc's edge installed; a provider the application set is its own."""
+        if self.owned_shutdown is not None:
+            self.owned_shutdown()
+            self.owned_shutdown = None
 
 
-def mark_failed(span: Span, error: BaseException, outcome: str) -> None:
-    """Record a failed run on its span: the exception, an event naming the outcome, and an error status."""
+class _EntrySetter(Setter[dict[bytes, bytes | str | int]]):
+    """Writes the propagator's fields into a stream entry, as fields of their own (never over the envelope)."""
+
+    def set(self, carrier: dict[bytes, bytes | str | int], key: str, value: str) -> None:
+        name = key.encode()
+        if name not in ENVELOPE_FIELDS:
+            carrier[name] = value
+
+
+class _EntryGetter(Getter[dict[bytes, bytes]]):
+    """Reads the propagator's fields from a stream entry as read from Redis (bytes names and values)."""
+
+    def get(self, carrier: dict[bytes, bytes], key: str) -> list[str] | None:
+        value = carrier.get(key.encode())
+        return None if value is None else [value.decode(errors="replace")]
+
+    def keys(self, carrier: dict[bytes, bytes]) -> list[str]:
+        return [k.decode(errors="replace") for k in carrier if k not in ENVELOPE_FIELDS]
+
+
+_SETTER = _EntrySetter()
+_GETTER = _EntryGetter()
+
+
+def start_send(tracer: Tracer, fields: dict[bytes, bytes | str | int], keys: PartitionKeys, event_id: str) -> Span:
+    """Start the PRODUCER span of one publish, a child of the caller's current span (e.g. a web request's), and
+    store its context in the entry's fields, with everything else the global propagator writes (baggage...)."""
+    span = tracer.start_span(f"send {keys.stream}", kind=SpanKind.PRODUCER, attributes={
+        A_SYSTEM: SYSTEM, A_DESTINATION: keys.stream, A_PARTITION: str(keys.partition), A_OPERATION_TYPE: "send",
+        A_OPERATION_NAME: "send", A_MESSAGE_ID: event_id, A_EVENT_TYPE: keys.tag})
+    propagate.inject(fields, context=trace.set_span_in_context(span), setter=_SETTER)
+    return span
+
+
+def entry_context(fields: dict[bytes, bytes]) -> Context:
+    """The context the publisher stored in an entry (empty if none: entries published untraced start a trace)."""
+    return propagate.extract(fields, context=Context(), getter=_GETTER)
+
+
+def start_process(tracer: Tracer, fields: dict[bytes, bytes], keys: PartitionKeys, group: str, consumer: str,
+                  attributes: dict[str, str | int]) -> Span:
+    """Start the CONSUMER span of one handler run: a child of the producer's context when the entry has one, and
+    linked to it as well (so batch-oriented backends can follow the link). `attributes`: message id and such."""
+    parent = entry_context(fields)
+    producer = trace.get_current_span(parent).get_span_context()
+    return tracer.start_span(f"process {keys.stream}", context=parent, kind=SpanKind.CONSUMER,
+                             links=[Link(producer)] if producer.is_valid else None, attributes={
+                                 A_SYSTEM: SYSTEM, A_DESTINATION: keys.stream, A_PARTITION: str(keys.partition),
+                                 A_OPERATION_TYPE: "process", A_OPERATION_NAME: "process", A_GROUP: group,
+                                 A_CLIENT_ID: consumer, A_EVENT_TYPE: keys.tag, **attributes})
+
+
+def error_type(error: BaseException) -> str:
+    """`error.type` as the semantic conventions ask: the exception's fully qualified class name."""
+    cls = type(error)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def mark_failed(span: Span, error: BaseException, event: str | None = None,
+                attributes: dict[str, str | float] | None = None) -> None:
+    """Record a failure on its span: the exception, `error.type`, an error status and, if given, an event (a
+    constant name; what varies goes in its attributes)."""
     span.record_exception(error)
-    span.add_event(outcome)
+    if event is not None:
+        span.add_event(event, attributes)
+    span.set_attribute(A_ERROR_TYPE, error_type(error))
     span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
 
 
-def resource_attributes(settings: Settings, service: str) -> dict[str, str]:
-    attributes = {"service.name": service}
-    if settings.region:
-        attributes["cloud.region"] = settings.region
-    if settings.instance:
-        attributes["service.instance.id"] = settings.instance
-    return attributes
-
-
-def tracing_from_settings(settings: Settings, service: str, exporter: SpanExporter | None = None) -> Tracing:
-    """Tracing as OTEL_TRACES_EXPORTER asks: "otlp" (endpoint from OTEL_EXPORTER_OTLP_*), "console", or "none"
-    (the default). OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES are honoured by the SDK's Resource."""
-    kind = settings.traces_exporter.strip().lower()
-    if exporter is None and kind in ("", "none"):
-        return Tracing()
-    resource = Resource.create(resource_attributes(settings, service))
-    if settings.service_name:
-        # Resource(...), not Resource.create(...): create() adds a fresh random service.instance.id, which
-        # replaced the one from FLY_MACHINE_ID whenever OTEL_SERVICE_NAME was set.
-        resource = resource.merge(Resource({"service.name": settings.service_name}))
-    provider = TracerProvider(resource=resource)
-    if exporter is not None:
-        provider.add_span_processor(SimpleSpanProcessor(exporter))
-    elif kind == "console":
-        provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
-    elif kind == "otlp":
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    else:
-        raise ConfigError(f"OTEL_TRACES_EXPORTER={kind!r} is not supported; use otlp, console or none")
-    return Tracing(provider)
-
+def end_span(span: Span, error: Exception | None) -> None:
+    """End a publish span, marked failed with `error` if its event was not appended."""
+    if error is not None:
+        mark_failed(span, error)
+    span.end()

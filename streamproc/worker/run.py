@@ -14,12 +14,22 @@ import redis.asyncio as aioredis
 from opentelemetry import trace
 from opentelemetry.trace import Span
 
-from ..codec import DATA, EVENT_ID, OCCURRED_AT, TRACEPARENT, TYPE, read_envelope
+from ..codec import DATA, EVENT_ID, OCCURRED_AT, TYPE, read_envelope
 from ..context import Context
 from ..errors import DeadLetter, DecodeError, Retry
 from ..event import Event
 from ..observe.instruments import Instruments
-from ..observe.telemetry import mark_failed
+from ..observe.telemetry import (
+    A_ATTEMPT,
+    A_DEAD_LETTER_REASON,
+    A_ENTRY_ID,
+    A_MESSAGE_ID,
+    A_RETRY_DELAY,
+    EV_DEAD_LETTER,
+    EV_RETRY,
+    mark_failed,
+    start_process,
+)
 from .consume import Delivery
 from .eager import Resumed
 from .settle import Settler
@@ -85,7 +95,7 @@ class HandlerRun:
                 raise DecodeError("entry envelope is malformed") from None
             except DecodeError as exc:
                 return Started(self._dead_letter(d, f"undecodable: {exc}", exc, None), self.base_context.copy())
-        if self.instruments.tracing.enabled or not (handler.eager and eager_ok):
+        if not (handler.eager and eager_ok) or self.instruments.tracing.tracer() is not None:
             return Started(self._run(d, event, ctx), self.base_context.copy())
         return self._start_eagerly(d, event, ctx)
 
@@ -111,9 +121,10 @@ class HandlerRun:
     async def _run(self, d: Delivery, event: Event, ctx: Context) -> None:
         """The whole run in a task of its own, under the handler's timeout (and, when tracing, inside a CONSUMER
         span as the current span, so the handler's own spans nest), then settle."""
-        tracing = self.instruments.tracing
-        span = tracing.start_process(ctx.stream, ctx.group, ctx.event_id, ctx.event_type, ctx.stream_id,
-                                     ctx.attempt, d.fields.get(TRACEPARENT)) if tracing.enabled else None
+        tracer = self.instruments.tracing.tracer()
+        span = None if tracer is None else start_process(
+            tracer, d.fields, d.keys, ctx.group, self.settler.consumer,
+            {A_MESSAGE_ID: ctx.event_id, A_ENTRY_ID: ctx.stream_id, A_ATTEMPT: ctx.attempt})
         started = time.perf_counter()
         try:
             with (trace.use_span(span, record_exception=False, set_status_on_exception=False) if span is not None
@@ -166,12 +177,12 @@ class HandlerRun:
         log.info("%s failed on %s %s (attempt %d, %s: %s); retrying in %.3fs", handler.name, d.keys.stream,
                  d.entry_id.decode(), d.attempt, type(error).__name__, error, wait)
         if span is not None:
-            mark_failed(span, error, f"retry scheduled in {wait:.3f}s")
+            mark_failed(span, error, EV_RETRY, {A_RETRY_DELAY: wait})
         if await self.settler.schedule_retry(d, wait) and self.instruments.metrics is not None:
             self.instruments.metrics.group(handler.route.tag, handler.group).retried.inc()
 
     async def _dead_letter(self, d: Delivery, reason: str, error: BaseException | None, span: Span | None) -> None:
         if span is not None and error is not None:
-            mark_failed(span, error, "dead-lettered")
+            mark_failed(span, error, EV_DEAD_LETTER, {A_DEAD_LETTER_REASON: reason})
         if await self.settler.dead_letter(d, reason, error) and self.instruments.metrics is not None:
             self.instruments.metrics.group(d.handler.route.tag, d.handler.group).dead_lettered.inc()

@@ -24,7 +24,7 @@ from ..app import App
 from ..errors import ConfigError, StreamprocError
 from ..observe.logs import configure_logging
 from ..observe.metrics import Metrics, StreamStateCollector
-from ..observe.telemetry import tracing_from_settings
+from ..observe.sdk import configure as configure_tracing
 from .process import run_worker
 from .restarts import CrashLoop, RestartPolicy
 
@@ -97,8 +97,11 @@ def run_supervised_child(spec: WorkerSpec) -> None:
 
 
 def instrument(app: App, role: str, serve_metrics: bool = False) -> None:
-    """Turn on what the settings ask for: tracing (OTEL_TRACES_EXPORTER) and metrics (a metrics port)."""
-    app.instruments.tracing = tracing_from_settings(app.settings, f"{app.name}-{role}")
+    """Turn on what the settings ask for: tracing (the OpenTelemetry SDK from the OTEL_* variables, unless a
+    TracerProvider is set already: see observe/sdk.py) and metrics (a metrics port)."""
+    shutdown = configure_tracing(app.settings, f"{app.name}-{role}", os.environ)
+    if shutdown is not None:
+        app.instruments.tracing.owned_shutdown = shutdown
     if app.settings.metrics_port and app.instruments.metrics is None:
         app.instruments.metrics = Metrics()
         if serve_metrics:
