@@ -17,6 +17,7 @@ from .errors import (
 from .event import Event, new_event_id, partition_of
 from .keys import PartitionKeys, key_slot
 from .publish.publisher import Outgoing, Published
+from .publish.sync import SyncPublisher
 from .settings import Settings
 from .version import __version__
 from .worker.deadletter import DeadLettered, read_deadletters
@@ -41,6 +42,7 @@ __all__ = [
     "Retry",
     "Settings",
     "StreamprocError",
+    "SyncPublisher",
     "__version__",
     "key_slot",
     "new_event_id",

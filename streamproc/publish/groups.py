@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import redis.asyncio as aioredis
 
@@ -62,11 +62,22 @@ async def ensure_declared(redis: aioredis.Redis, wanted: Sequence[Wanted], mode:
     script = redis.register_script(ENSURE_GROUP)
     async with redis.pipeline(transaction=False) as pipe:
         for w in wanted:
-            args = [ORPHAN_AFTER_MS, REFRESH_AFTER_MS, COUNT_LIMIT, mode, len(w.groups), *_pairs(w.groups),
-                    *_pairs(w.remembered)]
-            keys = [w.keys.stream, w.keys.groups(), w.keys.declared(), w.keys.checkpoints()]
+            keys, args = ensure_call(w, mode)
             await script(keys=keys, args=args, client=pipe)
         replies = await pipe.execute()
+    return read_ensured(wanted, replies, mode)
+
+
+def ensure_call(w: Wanted, mode: Mode = "declare") -> tuple[list[str], list[str | int]]:
+    """KEYS and ARGV of redis/lua/ensure_group.lua for one stream (shared by the async and the sync publisher)."""
+    args: list[str | int] = [ORPHAN_AFTER_MS, REFRESH_AFTER_MS, COUNT_LIMIT, mode, len(w.groups), *_pairs(w.groups),
+                             *_pairs(w.remembered)]
+    return [w.keys.stream, w.keys.groups(), w.keys.declared(), w.keys.checkpoints()], args
+
+
+def read_ensured(wanted: Sequence[Wanted], replies: Sequence[Any], mode: Mode = "declare",
+                 ) -> dict[PartitionKeys, dict[str, StartAt]]:
+    """Log the groups ensure_group.lua created and return, per stream, every group declared on it."""
     out: dict[PartitionKeys, dict[str, StartAt]] = {}
     for w, (created, declared) in zip(wanted, replies, strict=True):
         for i in range(0, len(created), 4):

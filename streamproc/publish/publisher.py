@@ -10,25 +10,33 @@ from typing import Any, cast
 
 import msgspec
 import redis.asyncio as aioredis
-from opentelemetry.trace import Span, Status, StatusCode
+from opentelemetry.trace import Span
 from redis.exceptions import RedisError
 
-from ..codec import TRACEPARENT, encode_event, entry_fields
 from ..errors import BacklogFull, PublishError
-from ..event import Event, check_event_id, new_event_id, partition_of
+from ..event import Event
 from ..keys import PartitionKeys
 from ..observe.instruments import Instruments
-from ..redis.resp import EXEC, MULTI, pack_fields, send_packed, text, xadd_prefix
+from ..observe.telemetry import end_span, start_send
+from ..redis.resp import send_packed, text
 from ..redis.scripts import BACKLOG, PUBLISH_ONCE
 from ..settings import Settings
-from ..topology import ORPHAN_AFTER_MS, StartAt, Topology, TypeRoute
+from ..topology import StartAt, Topology, TypeRoute
+from .entries import (
+    Prefixes,
+    backlog_call,
+    exec_replies,
+    in_transaction,
+    learned_groups,
+    not_confirmed,
+    packed_xadd,
+    publish_once_call,
+    route_entry,
+)
 from .groups import Wanted, ensure_declared
 
 log = logging.getLogger(__name__)
 
-# When Redis does not know a group's lag, the backlog check counts its unread entries up to this many (beyond, it
-# takes an upper bound from the group's read counter): the cost of one check stays bounded whatever the limit.
-BACKLOG_COUNT_MAX = 10_000
 # How often a publisher ensures its streams' groups again (which refreshes its declarations in the registry).
 REDECLARE_S = 86_400.0
 
@@ -87,7 +95,7 @@ class Publisher:
         self._grouped: set[str] = set()  # streams with declared groups: appended with NOMKSTREAM (_append_all)
         self._backlogs: dict[str, _Backlog] = {}
         self._backlog_interval = settings.backlog_check_ms / 1000
-        self._prefixes: dict[tuple[str, int, bool], bytes] = {}
+        self._prefixes: Prefixes = {}
         self._publish_once = redis.register_script(PUBLISH_ONCE)
         self._backlog_script = redis.register_script(BACKLOG)
 
@@ -109,15 +117,14 @@ class Publisher:
             replies = await self._append_all(prepared, atomic)
         except RedisError as exc:
             self._ready.clear()  # Redis may have restarted empty: create groups again before the next append
-            error = PublishError(f"Redis did not accept the events ({type(exc).__name__}: {exc}); nothing "
-                                 "is confirmed appended, publish again with the same event ids")
+            error = not_confirmed(exc)
             self._observe(prepared, error)
             raise error from exc
         except PublishError as exc:
             self._observe(prepared, exc)
             raise
         self._observe(prepared, None)
-        return [_published(p, reply) for p, reply in zip(prepared, replies, strict=True)]
+        return [published_of(p, reply) for p, reply in zip(prepared, replies, strict=True)]
 
     def abandon(self, prepared: list[Prepared], error: Exception) -> None:
         """Close the spans of prepared events that will not be sent."""
@@ -128,22 +135,16 @@ class Publisher:
         metrics = self._instruments.metrics
         for p in prepared:
             if p.span is not None:
-                if error is not None:
-                    p.span.record_exception(error)
-                    p.span.set_status(Status(StatusCode.ERROR, str(error)))
-                p.span.end()
+                end_span(p.span, error)
             if metrics is not None and error is None:
                 metrics.published.labels(p.route.tag).inc()
 
     def _prepare(self, out: Outgoing) -> Prepared:
-        route = self._topology.route(type(out.event))
-        keys = route.partitions[partition_of(out.event, out.partition_key)]
-        event_id = check_event_id(out.event_id) if out.event_id is not None else new_event_id()
-        fields = entry_fields(event_id, route.tag, time.time_ns() // 1_000_000, encode_event(out.event))
+        route, keys, event_id, fields = route_entry(self._topology, out.event, out.event_id, out.partition_key)
         prepared = Prepared(keys, route, event_id, fields, dedup=out.event_id is not None)
-        tracing = self._instruments.tracing
-        if tracing.enabled:
-            prepared.span, fields[TRACEPARENT] = tracing.start_send(keys.stream, event_id, route.tag)
+        tracer = self._instruments.tracing.tracer()  # None while no TracerProvider is set: one cheap check
+        if tracer is not None:
+            prepared.span = start_send(tracer, fields, keys, event_id)
         return prepared
 
     async def _ensure_ready(self, prepared: list[Prepared]) -> None:
@@ -191,8 +192,8 @@ class Publisher:
             for p in prepared:
                 nomkstream = p.keys.stream in self._grouped  # a stream with groups is made with them: _append_all
                 if p.dedup:
-                    args = [window, int(nomkstream), *(x for kv in p.fields.items() for x in kv)]
-                    await self._publish_once(keys=[p.keys.stream, p.keys.dedup(p.event_id)], args=args, client=pipe)
+                    keys, args = publish_once_call(p.keys, p.event_id, p.fields, window, nomkstream)
+                    await self._publish_once(keys=keys, args=args, client=pipe)
                 else:
                     pipe.xadd(p.keys.stream, p.fields, nomkstream=nomkstream)  # type: ignore[arg-type]
             replies: list[object] = await pipe.execute(raise_on_error=True)
@@ -201,20 +202,11 @@ class Publisher:
     async def _append_packed(self, prepared: list[Prepared], atomic: bool) -> list[object]:
         """Plain appends, packed by hand (see redis/resp.py) and written at once on one pooled connection; with
         `atomic`, inside MULTI/EXEC (all or none: the EXEC reply carries every append's id)."""
-        commands = [self._prefix(p) + pack_fields(p.fields) for p in prepared]
+        grouped, prefixes = self._grouped, self._prefixes  # NOMKSTREAM iff the stream has groups: _append_all
+        commands = [packed_xadd(prefixes, p.keys.stream, p.fields, p.keys.stream in grouped) for p in prepared]
         if not atomic:
             return await send_packed(self._redis, commands)
-        replies = (await send_packed(self._redis, [MULTI, *commands, EXEC]))[-1]
-        if not isinstance(replies, list):  # nil: the transaction was aborted
-            raise PublishError("Redis aborted the transaction; nothing was appended")
-        return replies
-
-    def _prefix(self, p: Prepared) -> bytes:
-        key = (p.keys.stream, len(p.fields), p.keys.stream in self._grouped)  # NOMKSTREAM iff it has groups
-        prefix = self._prefixes.get(key)
-        if prefix is None:
-            prefix = self._prefixes[key] = xadd_prefix(*key)
-        return prefix
+        return exec_replies(await send_packed(self._redis, in_transaction(commands)))
 
     async def reserve(self, prepared: list[Prepared], mark: bool = True) -> None:
         """Raise BacklogFull if the events would take a stream's backlog past `max_backlog`; else count them in,
@@ -230,7 +222,7 @@ class Publisher:
             await self._reserve_one(prepared[0], limit, mark)
             return
         streams = {p.keys.stream for p in prepared}
-        counts = {s: len(prepared) for s in streams} if len(streams) == 1 else _count_by_stream(prepared)
+        counts = {s: len(prepared) for s in streams} if len(streams) == 1 else count_by_stream(prepared)
         now = time.monotonic()
         backlogs = self._backlogs
         stale = [s for s in counts if s not in backlogs or now - backlogs[s].read_at >= self._backlog_interval]
@@ -272,23 +264,22 @@ class Publisher:
         for stream, (backlog, learned) in zip(streams, replies, strict=True):
             self._backlogs[stream] = _Backlog(now, int(backlog))
             if learned:  # declared by another app since this publisher looked: counted from now on
-                self._learn(stream, {text(learned[i]): cast(StartAt, text(learned[i + 1]))
-                                     for i in range(0, len(learned), 2)})
+                self._learn(stream, learned_groups(learned))
 
     def _backlog_call(self, p: Prepared) -> tuple[list[str], list[str | int]]:
         groups = sorted({**self._declared.get(p.keys.stream, {}), **p.route.all_groups()})
-        keys = [p.keys.stream, p.keys.groups(), p.keys.declared(), *(p.keys.retry(g) for g in groups)]
-        return keys, [ORPHAN_AFTER_MS, self._settings.max_backlog, BACKLOG_COUNT_MAX, *groups]
+        return backlog_call(p.keys, groups, self._settings.max_backlog)
 
 
-def _count_by_stream(prepared: list[Prepared]) -> dict[str, int]:
+def count_by_stream(prepared: list[Prepared]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for p in prepared:
         counts[p.keys.stream] = counts.get(p.keys.stream, 0) + 1
     return counts
 
 
-def _published(p: Prepared, reply: object) -> Published:
+def published_of(p: Prepared, reply: object) -> Published:
+    """What one append's reply says: a plain XADD's entry id, or publish_once.lua's {appended, id}."""
     if p.dedup:
         appended, stream_id = cast(list[Any], reply)  # the script returns {appended, id}
         return Published(p.event_id, p.keys.stream, text(stream_id), bool(appended))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streamproc import App, Backoff, Context, DeadLetter, Event, Outgoing, Published, Retry, Settings
+from streamproc import App, Backoff, Context, DeadLetter, Event, Outgoing, Published, Retry, Settings, SyncPublisher
 
 
 class CardAddedToLibrary(Event, tag="card.added"):
@@ -40,3 +40,12 @@ async def produce() -> None:
                                                                                            curator_id="u2"),
                                                                         event_id="client-id-1")])
         assert one.event_id and len(many) == 2
+
+
+def produce_from_sync_code() -> None:
+    """A Django view, a Flask route or a Celery task: one SyncPublisher per process, shared by its threads."""
+    with SyncPublisher(app) as publisher:
+        one: Published = publisher.publish(CardAddedToLibrary(card_id="c4", curator_id="u1"), event_id="order-4")
+        many: list[Published] = publisher.publish_many([CardAddedToLibrary(card_id="c5", curator_id="u1")],
+                                                       atomic=True)
+        assert one.appended and len(many) == 1

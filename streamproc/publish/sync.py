@@ -1,0 +1,296 @@
+"""Publishing from synchronous code (Django and Flask views, Celery tasks, scripts) on a sync redis-py client.
+
+The same append as `App.publish`: the same routing, event ids, entry fields and trace context, the same dedup
+(redis/lua/publish_once.lua and its keys), the same group creation before a stream's first append
+(redis/lua/ensure_group.lua), the same backlog check (redis/lua/backlog.lua) and the same hand-packed XADDs: both
+publishers build them with the functions of publish/entries.py and publish/groups.py and only send them differently.
+
+Safe across threads: redis-py's sync pool is thread-safe, and this publisher's caches (which streams have their
+groups, their backlog estimates) change under a lock that is never held during a Redis call. Safe after fork:
+redis-py's pool drops the parent's connections when it sees a new pid, and the lock is made anew in the child
+(a thread of the parent may have held it at the fork); the caches stay true in the child, as they describe Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Iterable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+import redis
+from redis.exceptions import RedisError
+
+from ..errors import BacklogFull, PublishError
+from ..event import Event
+from ..observe.instruments import Instruments
+from ..observe.telemetry import end_span, start_send
+from ..redis.connection import KEEPALIVE, command_deadline_s
+from ..redis.scripts import BACKLOG, ENSURE_GROUP, PUBLISH_ONCE
+from ..settings import Settings
+from ..topology import StartAt, Topology
+from .entries import (
+    Prefixes,
+    backlog_call,
+    exec_replies,
+    in_transaction,
+    learned_groups,
+    not_confirmed,
+    packed_xadd,
+    publish_once_call,
+    route_entry,
+)
+from .groups import Wanted, ensure_call, read_ensured
+from .publisher import REDECLARE_S, Outgoing, Prepared, Published, count_by_stream, published_of
+
+log = logging.getLogger(__name__)
+
+
+class PublishingApp(Protocol):
+    """What a SyncPublisher takes from an App: its event types and groups, settings and instruments."""
+
+    topology: Topology
+    settings: Settings
+    instruments: Instruments
+
+
+def sync_redis_client(settings: Settings) -> redis.Redis:
+    """A sync client like the App's async one: a blocking pool (callers wait for a free connection), a deadline on
+    every call, TCP keepalive, bytes in and out."""
+    deadline = command_deadline_s(settings)
+    options: dict[str, Any] = {"socket_keepalive": True, "socket_keepalive_options": KEEPALIVE}
+    if settings.redis_url.startswith("unix:"):
+        options = {}
+    pool = redis.BlockingConnectionPool.from_url(
+        settings.redis_url, max_connections=settings.redis_max_connections, timeout=30, health_check_interval=30,
+        socket_timeout=deadline, socket_connect_timeout=deadline, **options)
+    return redis.Redis(connection_pool=pool)
+
+
+@dataclass(slots=True)
+class _Backlog:
+    read_at: float
+    estimate: int
+
+
+_publishers: weakref.WeakSet[SyncPublisher] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for publisher in list(_publishers):
+        publisher._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class SyncPublisher:
+    """Publishes an App's events from sync code. One per process is enough (share it between threads):
+
+        publisher = SyncPublisher(app)
+        publisher.publish(CardAddedToLibrary(card_id="c1", curator_id="u1"), event_id="order-42")
+
+    `redis` may be a sync redis-py client of your own (it must not decode responses); by default one is made from
+    the app's settings and closed by `close()`."""
+
+    def __init__(self, app: PublishingApp, *, redis_client: redis.Redis | None = None) -> None:
+        self._topology = app.topology
+        self._settings = app.settings
+        self._instruments = app.instruments
+        self._owns_client = redis_client is None
+        self._redis = redis_client if redis_client is not None else sync_redis_client(app.settings)
+        self._publish_once = self._redis.register_script(PUBLISH_ONCE)
+        self._backlog_script = self._redis.register_script(BACKLOG)
+        self._ensure_script = self._redis.register_script(ENSURE_GROUP)
+        self._lock = threading.Lock()  # guards the caches below; never held during a Redis call
+        self._ready: set[str] = set()
+        self._redeclare_at = time.monotonic() + REDECLARE_S
+        self._declared: dict[str, dict[str, StartAt]] = {}
+        self._grouped: set[str] = set()
+        self._backlogs: dict[str, _Backlog] = {}
+        self._prefixes: Prefixes = {}
+        _publishers.add(self)
+
+    @property
+    def redis(self) -> redis.Redis:
+        return self._redis
+
+    def publish(self, event: Event, *, event_id: str | None = None, partition_key: str | None = None) -> Published:
+        """Append one event. Give `event_id` to make re-publishing it within the dedup window a no-op."""
+        return self.publish_many([Outgoing(event, event_id, partition_key)])[0]
+
+    def publish_many(self, items: Iterable[Event | Outgoing], *, atomic: bool = False) -> list[Published]:
+        """Append many events in one pipelined round trip (plus one to create groups on a stream's first use).
+        With `atomic`, in one MULTI/EXEC: all or none (on a single Redis)."""
+        prepared = [self._prepare(item if isinstance(item, Outgoing) else Outgoing(item)) for item in items]
+        if not prepared:
+            return []
+        try:
+            self._ensure_ready(prepared)
+            self._reserve(prepared)
+            replies = self._append_all(prepared, atomic)
+        except RedisError as exc:
+            with self._lock:
+                self._ready.clear()  # Redis may have restarted empty: create groups again before the next append
+            error = not_confirmed(exc)
+            self._observe(prepared, error)
+            raise error from exc
+        except PublishError as exc:
+            self._observe(prepared, exc)
+            raise
+        self._observe(prepared, None)
+        return [published_of(p, reply) for p, reply in zip(prepared, replies, strict=True)]
+
+    def close(self) -> None:
+        """Close the client this publisher made (a client given to it stays open)."""
+        if self._owns_client:
+            self._redis.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def _prepare(self, out: Outgoing) -> Prepared:
+        route, keys, event_id, fields = route_entry(self._topology, out.event, out.event_id, out.partition_key)
+        prepared = Prepared(keys, route, event_id, fields, dedup=out.event_id is not None)
+        tracer = self._instruments.tracing.tracer()
+        if tracer is not None:
+            prepared.span = start_send(tracer, fields, keys, event_id)
+        return prepared
+
+    def _observe(self, prepared: list[Prepared], error: Exception | None) -> None:
+        metrics = self._instruments.metrics
+        for p in prepared:
+            if p.span is not None:
+                end_span(p.span, error)
+            if metrics is not None and error is None:
+                metrics.published.labels(p.route.tag).inc()
+
+    def _ensure_ready(self, prepared: list[Prepared]) -> None:
+        """Create every group declared on a stream before its first append (see Publisher._ensure_ready). Two
+        threads may both ensure a new stream: harmless, ensure_group.lua is idempotent."""
+        with self._lock:
+            if time.monotonic() >= self._redeclare_at:
+                self._ready.clear()
+                self._redeclare_at = time.monotonic() + REDECLARE_S
+            todo = {p.keys.stream: p for p in prepared if p.keys.stream not in self._ready}
+            wanted = [Wanted(p.keys, p.route.all_groups(), dict(self._declared.get(s, {}))) for s, p in todo.items()]
+        if not wanted:
+            return
+        with self._redis.pipeline(transaction=False) as pipe:
+            for w in wanted:
+                names, args = ensure_call(w)
+                self._ensure_script(keys=names, args=args, client=pipe)
+            replies = pipe.execute()
+        found = read_ensured(wanted, replies)
+        with self._lock:
+            for keys, declared in found.items():
+                self._learn(keys.stream, declared)
+            self._ready.update(todo)
+
+    def _learn(self, stream: str, declared: dict[str, StartAt]) -> None:
+        """Under the lock."""
+        self._declared.setdefault(stream, {}).update(declared)
+        if self._declared[stream]:
+            self._grouped.add(stream)
+
+    def _reserve(self, prepared: list[Prepared]) -> None:
+        """Raise BacklogFull if the events would take a stream's backlog past `max_backlog` (see Publisher.reserve:
+        read from Redis at most every `backlog_check_ms`, this publisher's appends counted in between)."""
+        limit = self._settings.max_backlog
+        if not limit:
+            return
+        counts = count_by_stream(prepared)
+        now = time.monotonic()
+        interval = self._settings.backlog_check_ms / 1000
+        with self._lock:
+            stale = [s for s in counts if s not in self._backlogs or now - self._backlogs[s].read_at >= interval]
+        if stale:
+            self._read_backlogs(stale, {p.keys.stream: p for p in prepared}, now)
+        with self._lock:
+            for stream, n in counts.items():
+                backlog = self._backlogs[stream]
+                if backlog.estimate + n > limit:
+                    raise BacklogFull(stream, backlog.estimate, limit, n)
+            for stream, n in counts.items():
+                self._backlogs[stream].estimate += n
+
+    def _read_backlogs(self, streams: list[str], by_stream: dict[str, Prepared], now: float) -> None:
+        with self._lock:
+            calls = [backlog_call(by_stream[s].keys, sorted({**self._declared.get(s, {}),
+                                                             **by_stream[s].route.all_groups()}),
+                                  self._settings.max_backlog) for s in streams]
+        with self._redis.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                self._backlog_script(keys=keys, args=args, client=pipe)
+            replies = pipe.execute()
+        with self._lock:
+            for stream, (backlog, learned) in zip(streams, replies, strict=True):
+                self._backlogs[stream] = _Backlog(now, int(backlog))
+                if learned:  # declared by another app since this publisher looked
+                    self._learn(stream, learned_groups(learned))
+
+    def _append_all(self, prepared: list[Prepared], atomic: bool) -> list[object]:
+        """Append; entries whose stream vanished since its groups were made (NOMKSTREAM: nil) get their groups made
+        again first, then are appended (see Publisher._append_all)."""
+        replies = self._append(prepared, atomic)
+        missing = [i for i, reply in enumerate(replies) if reply is None]
+        if missing:
+            again = [prepared[i] for i in missing]
+            log.warning("stream(s) %s vanished (did Redis lose its data?); creating their groups again first",
+                        ", ".join(sorted({p.keys.stream for p in again})))
+            with self._lock:
+                self._ready.difference_update(p.keys.stream for p in again)
+            self._ensure_ready(again)
+            for i, reply in zip(missing, self._append(again, atomic), strict=True):
+                if reply is None:
+                    raise PublishError(f"{prepared[i].keys.stream} vanished again while publishing; publish again")
+                replies[i] = reply
+        return replies
+
+    def _append(self, prepared: list[Prepared], atomic: bool) -> list[object]:
+        # No lock here: a set membership test and the prefix cache's get and set are each atomic (two threads may
+        # pack the same prefix once each, and store equal values).
+        grouped = self._grouped  # NOMKSTREAM iff the stream has groups: a stream with groups is made with them
+        if any(p.dedup for p in prepared):
+            return self._append_scripted(prepared, atomic)
+        commands = [packed_xadd(self._prefixes, p.keys.stream, p.fields, p.keys.stream in grouped) for p in prepared]
+        if not atomic:
+            return self._send_packed(commands)
+        return exec_replies(self._send_packed(in_transaction(commands)))
+
+    def _append_scripted(self, prepared: list[Prepared], atomic: bool) -> list[object]:
+        """A batch with producer-given event ids: publish_once.lua for those, in one pipeline with the others."""
+        window = self._settings.dedup_window_ms
+        with self._redis.pipeline(transaction=atomic) as pipe:
+            for p in prepared:
+                nomkstream = p.keys.stream in self._grouped
+                if p.dedup:
+                    keys, args = publish_once_call(p.keys, p.event_id, p.fields, window, nomkstream)
+                    self._publish_once(keys=keys, args=args, client=pipe)
+                else:
+                    pipe.xadd(p.keys.stream, p.fields, nomkstream=nomkstream)  # type: ignore[arg-type]
+            replies: list[object] = pipe.execute(raise_on_error=True)
+        return replies
+
+    def _send_packed(self, commands: list[bytes]) -> list[object]:
+        """Write packed commands at once on one pooled connection and read their replies (an error reply raises);
+        each read has the pool's command deadline. A failure drops the connection (replies may be left unread)."""
+        pool = self._redis.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command([b"".join(commands)])  # type: ignore[no-untyped-call]  # a list of chunks
+            return [conn.read_response() for _ in commands]
+        except BaseException:
+            conn.disconnect()  # type: ignore[no-untyped-call]
+            raise
+        finally:
+            pool.release(conn)
