@@ -34,7 +34,7 @@ def _redis(url: str | None) -> Iterator[str]:
 def worker_command(args: argparse.Namespace, redis_url: str) -> list[str]:
     return [sys.executable, "-m", "streamproc", "worker", args.app, "--processes", str(args.processes),
             "--redis-url", redis_url, "--metrics-port", str(args.metrics_port), "--log-level", args.log_level,
-            "--log-format", args.log_format]
+            "--log-format", args.log_format, *(["--debug"] if args.debug else [])]
 
 
 async def _run(app: App, args: argparse.Namespace, redis_url: str) -> int:

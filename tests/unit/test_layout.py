@@ -22,6 +22,7 @@ ALLOWED: dict[str, set[str]] = {
     "worker": {TOP, "redis", "observe", "publish"},
     "http": {TOP, "redis", "observe", "publish"},
     "devtools": {TOP, "redis", "observe", "publish", "worker", "http"},
+    "cli": {TOP, "redis", "observe", "publish", "worker", "http", "devtools"},  # the edge: may use every wing
 }
 SHARED_TOP = {"event", "codec", "keys", "topology", "context", "errors", "settings", "backoff", "version"}
 
