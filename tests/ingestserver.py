@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from streamproc import App, Context, Event
 from streamproc.http.auth import token_digest
 from streamproc.http.ingest import serve_ingest
+from streamproc.http.problems import PROBLEM_TYPES, problem_type
 from tests.inproc import fast_settings, partition
 
 TOKEN = "secret"
@@ -120,9 +121,10 @@ async def xlen(redis: aioredis.Redis, app: App, event_type: type[Event]) -> int:
 
 
 def assert_problem(resp: aiohttp.ClientResponse, answer: dict[str, Any], status: int) -> None:
-    """An RFC 9457 problem document with the response's status."""
+    """An RFC 9457 problem document with the response's status, of a documented type of the ingest."""
     assert resp.status == status, answer
     assert resp.content_type == PROBLEM
     assert answer["status"] == status
-    assert answer["type"].startswith("urn:streamproc:problem:")
+    slug = answer["title"].lower().replace(" ", "-")
+    assert answer["type"] == problem_type(slug) and PROBLEM_TYPES[slug][0] == status, answer
     assert answer["title"] and answer["detail"]

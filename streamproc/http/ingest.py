@@ -13,31 +13,31 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import cast
+from typing import Any, cast
 
 import msgspec
 import orjson
 from aiohttp import web
-from opentelemetry.trace import SpanKind
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.exposition import choose_encoder
 from redis.exceptions import RedisError
 
 from ..app import App
 from ..errors import BacklogFull, ConfigError, PublishError
-from ..observe.metrics import Metrics, StreamStateCollector
+from ..observe.metrics import Metrics, endpoint_registry
 from ..publish.coalesce import Coalescer
 from ..publish.groups import ensure_app_groups
 from ..publish.publisher import Prepared
 from ..redis.server import check_server
 from .auth import TokenCheck
-from .intake import ANONYMOUS, FastIntake, Problem, RequestKey, decode_body, to_outgoing, with_request_ids
+from .intake import ANONYMOUS, FastIntake, RequestKey, decode_body, to_outgoing, with_request_ids
 from .openapi import openapi_document
+from .problems import Problem, status_phrase
+from .tracing import server_span
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_propagator = TraceContextTextMapPropagator()
 
 
 def problem_response(problem: Problem) -> web.Response:
@@ -67,13 +67,11 @@ class Ingest:
                                   "(see `streamproc token-hash`), or turn auth off for local development only")
         if app.instruments.metrics is None:
             app.instruments.metrics = Metrics(CollectorRegistry())
-        state = CollectorRegistry()
-        state.register(StreamStateCollector(app.topology, settings.redis_url))
         # Serve the registry the app's counters live in: when instrument() made them first (a metrics port in the
         # settings), that is the default registry, and serving only a private one lost every ingest request count.
-        self.registries = [app.instruments.metrics.registry, state]
+        self.scrape = endpoint_registry(app.topology, settings.redis_url, [app.instruments.metrics.registry])
         self.coalescer = Coalescer(app.publisher, settings.ingest_coalesce_max)
-        self.openapi = orjson.dumps(openapi_document(app.topology, app.name))
+        self.openapi = orjson.dumps(openapi_document(app.topology, app.name, auth=self.auth is not None))
         self.fast = FastIntake(app.topology)
         self._status_metrics: dict[int, tuple[Counter, Histogram]] = {}
         self.ready = False
@@ -116,8 +114,9 @@ class Ingest:
         started = time.perf_counter()
         status = 500
         try:
-            if self.app.instruments.tracing.enabled:
-                response = await self._traced(request, handler)
+            tracer = self.app.instruments.tracing.tracer()
+            if tracer is not None:
+                response = await server_span(tracer, request, self._answer(request, handler))
             else:
                 response = await self._answer(request, handler)
             status = response.status
@@ -140,16 +139,10 @@ class Ingest:
         except web.HTTPRequestEntityTooLarge:
             return problem_response(Problem(413, "Payload Too Large", "the body is over the size limit of "
                                             f"{self.app.settings.ingest_max_body_bytes} bytes"))
-
-    async def _traced(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        parent = _propagator.extract(dict(request.headers))
-        tracer = self.app.instruments.tracing.tracer
-        with tracer.start_as_current_span(f"{request.method} {request.path}", context=parent,
-                                          kind=SpanKind.SERVER) as span:
-            span.set_attributes({"http.request.method": request.method, "url.path": request.path})
-            response = await self._answer(request, handler)
-            span.set_attribute("http.response.status_code", response.status)
-        return response
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise  # not an error (aiohttp raises redirects too)
+            return problem_response(http_problem(request, exc))
 
     def _count(self, status: int, seconds: float) -> None:
         children = self._status_metrics.get(status)
@@ -245,30 +238,66 @@ class Ingest:
                 if not self.ready:
                     await self._ensure_groups()
         except Exception as exc:
-            return web.json_response({"status": "not ready", "reason": str(exc) or type(exc).__name__}, status=503)
+            raise Problem(503, "Not Ready", str(exc) or type(exc).__name__,
+                          headers={"Retry-After": str(self.app.settings.ingest_retry_after_s)}) from None
         return web.json_response({"status": "ready", "types": sorted(self.app.topology.by_tag)})
 
-    async def metrics(self, _: web.Request) -> web.Response:
-        def render() -> bytes:
-            return b"".join(generate_latest(registry) for registry in self.registries)
-
-        body = await asyncio.to_thread(render)  # the state collector does blocking I/O
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    async def metrics(self, request: web.Request) -> web.Response:
+        """The text format, or OpenMetrics when the Accept header asks for it (as Prometheus does), chosen as
+        prometheus_client's own HTTP server chooses, so the ingest and the workers answer alike."""
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        body = await asyncio.to_thread(encoder, self.scrape)  # the state collector does blocking I/O
+        return web.Response(body=body, headers={"Content-Type": content_type, "Vary": "Accept"})
 
     async def openapi_json(self, _: web.Request) -> web.Response:
         return web.Response(body=self.openapi, content_type="application/json")
 
 
+def http_problem(request: web.Request, exc: web.HTTPException) -> Problem:
+    """aiohttp's own errors (no route, a method the route lacks, ...) as problems: type about:blank, as they mean
+    nothing beyond their status, with their headers (Allow on a 405)."""
+    if isinstance(exc, web.HTTPNotFound):
+        detail = f"nothing is served at {request.path}; /openapi.json lists what is"
+    elif isinstance(exc, web.HTTPMethodNotAllowed):
+        detail = f"{request.method} is not allowed on {request.path}; allowed: {', '.join(sorted(exc.allowed_methods))}"
+    else:
+        detail = exc.text or status_phrase(exc.status)
+    headers = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}
+    return Problem(exc.status, status_phrase(exc.status), detail, headers=headers)
+
+
 _REFUSAL_LINGER_S = 1.0  # how long a refused connection may take to read its 503 and close
 
 
-class ConnectionGate:
-    """The ingest's protocol factory: each connection goes to aiohttp while fewer than `limit` are open, and is
-    answered 503 (and closed) otherwise. aiohttp has no connection limit (it leaves that to the application);
-    counting in connection_made and connection_lost, which asyncio calls once each per connection, is exact."""
+class ProblemRequestHandler(web.RequestHandler):
+    """aiohttp's HTTP protocol, whose own error answers are problems too. A request line or header its parser
+    refuses (400) is answered before any middleware runs, as are errors that escape the handlers (500, or 504 for
+    a TimeoutError): all by RequestHandler.handle_error, in text/plain or HTML. aiohttp has no hook for those
+    (aio-libs/aiohttp#3287 is open); overriding that public method of its exported protocol class is the one way,
+    and it keeps aiohttp's logging and its refusal to answer twice."""
 
-    def __init__(self, server: web.Server, limit: int, retry_after_s: int) -> None:
-        self.server = server
+    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        super().handle_error(request, status, exc, message)  # logs; raises if an answer has started already
+        if status == 500:
+            detail = "the server failed to handle the request; its log says why"
+        elif status == 504:
+            detail = "handling the request took too long"
+        else:
+            detail = message or status_phrase(status)  # the parser's reason: "Got more than 8190 bytes ..."
+        response = problem_response(Problem(status, status_phrase(status), detail))
+        response.force_close()
+        return response
+
+
+class ConnectionGate:
+    """The ingest's protocol factory: each connection goes to aiohttp (a ProblemRequestHandler from `protocol`)
+    while fewer than `limit` are open, and is answered 503 (and closed) otherwise. aiohttp has no connection limit
+    (it leaves that to the application); counting in connection_made and connection_lost, which asyncio calls once
+    each per connection, is exact."""
+
+    def __init__(self, protocol: Callable[[], web.RequestHandler], limit: int, retry_after_s: int) -> None:
+        self.protocol = protocol
         self.limit = limit
         self.open = 0
         body = orjson.dumps(Problem(503, "Too Many Connections", f"the server is at its limit of {limit} "
@@ -295,7 +324,7 @@ class _GatedConnection(asyncio.Protocol):
         gate = self._gate
         if gate.open < gate.limit:
             gate.open += 1
-            self._inner = gate.server()
+            self._inner = gate.protocol()
             self._inner.connection_made(transport)
             return
         stream = cast(asyncio.Transport, transport)
@@ -337,15 +366,18 @@ async def serve_ingest(app: App, host: str, port: int, stopping: asyncio.Event,
     running after the grace period (a request waiting for its body among them) are cancelled."""
     ingest = Ingest(app)
     settings = app.settings
-    runner = web.AppRunner(ingest.web_app(), access_log=None, shutdown_timeout=settings.grace_period_s,
-                           keepalive_timeout=settings.ingest_keepalive_timeout_ms / 1000,
-                           max_line_size=settings.ingest_max_header_bytes,
-                           max_field_size=settings.ingest_max_header_bytes, max_headers=settings.ingest_max_headers)
+    protocol_options: dict[str, Any] = {  # what aiohttp's Server would give each RequestHandler it makes
+        "access_log": None, "keepalive_timeout": settings.ingest_keepalive_timeout_ms / 1000,
+        "max_line_size": settings.ingest_max_header_bytes, "max_field_size": settings.ingest_max_header_bytes,
+        "max_headers": settings.ingest_max_headers}
+    runner = web.AppRunner(ingest.web_app(), shutdown_timeout=settings.grace_period_s, **protocol_options)
     await runner.setup()
-    assert runner.server is not None
-    gate = ConnectionGate(runner.server, settings.ingest_max_connections, settings.ingest_retry_after_s)
+    server, loop = runner.server, asyncio.get_running_loop()
+    assert server is not None
+    gate = ConnectionGate(lambda: ProblemRequestHandler(server, loop=loop, **protocol_options),
+                          settings.ingest_max_connections, settings.ingest_retry_after_s)
     try:
-        listener = await asyncio.get_running_loop().create_server(gate, host, port, backlog=128)  # as TCPSite's
+        listener = await loop.create_server(gate, host, port, backlog=128)  # as TCPSite's
     except BaseException:
         await runner.cleanup()
         raise

@@ -14,7 +14,8 @@ RecursionError; it has no depth option) is a 400. So no body can make the ingest
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass
 from functools import cache
 from itertools import chain
 from typing import Any, Union
@@ -25,6 +26,7 @@ import msgspec.inspect as mi
 from ..event import EVENT_ID_PATTERN, Event
 from ..publish.publisher import Outgoing
 from ..topology import Topology
+from .problems import Problem, json_pointer
 
 JSON = "application/json"
 MSGPACK = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
@@ -36,26 +38,6 @@ MIN_INT, MAX_INT = -(2**63), 2**64 - 1
 # Python's recursion limit, so that encoding here and decoding in a worker never run out of stack.
 MAX_DEPTH = 64
 ANONYMOUS = "anonymous"  # the caller scope of idempotency keys when authentication is off
-
-
-@dataclass
-class Problem(Exception):
-    """An RFC 9457 problem: the HTTP status, a short title, the detail, and per-item errors."""
-
-    status: int
-    title: str
-    detail: str
-    errors: list[dict[str, Any]] = field(default_factory=list)
-    headers: dict[str, str] = field(default_factory=dict)
-    close: bool = False  # answer, then close the connection (e.g. a body that stopped arriving)
-
-    def body(self) -> dict[str, Any]:
-        slug = self.title.lower().replace(" ", "-")
-        out: dict[str, Any] = {"type": f"urn:streamproc:problem:{slug}", "title": self.title,
-                               "status": self.status, "detail": self.detail}
-        if self.errors:
-            out["errors"] = self.errors
-        return out
 
 
 def decode_body(body: bytes, content_type: str) -> list[Any]:
@@ -79,19 +61,44 @@ def decode_body(body: bytes, content_type: str) -> list[Any]:
     return items
 
 
-def _item_error(index: int, path: str, message: str) -> dict[str, Any]:
-    return {"index": index, "path": path.replace("$", f"$[{index}]", 1), "message": message}
+Location = tuple[str | int, ...]  # keys and indexes from the event object down to a value
+
+
+def _item_error(index: int, at: Location | str, message: str) -> dict[str, Any]:
+    """One item's error: its index, where in it as a path (`$[1].card_id`, as msgspec writes them) and as an RFC 6901
+    JSON Pointer into the body (`/1/card_id`), and the message. `at` is a Location, or a path msgspec gave."""
+    if isinstance(at, str):
+        path, tokens = at.replace("$", f"$[{index}]", 1), _msgspec_location(at)
+    else:
+        path = f"$[{index}]" + "".join(f".{t}" if isinstance(t, str) else f"[{t}]" for t in at)
+        tokens = at
+    return {"index": index, "path": path, "pointer": json_pointer((index, *tokens)), "message": message}
+
+
+_STEP = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+
+
+def _msgspec_location(path: str) -> Location:
+    """The keys and indexes of a msgspec path (`$.tags[2]`). msgspec writes a map's value as `[...]`, without its
+    key: the location stops at the map."""
+    tokens: list[str | int] = []
+    at = 1  # after the "$"
+    while (step := _STEP.match(path, at)) is not None:
+        key, position = step.groups()
+        tokens.append(key if key is not None else int(position))
+        at = step.end()
+    return tuple(tokens)
 
 
 def _convert(topology: Topology, index: int, item: Any, measure: bool,
              ) -> tuple[Outgoing | None, dict[str, Any] | None]:
     if not isinstance(item, dict):
-        return None, _item_error(index, "$", "each event must be an object")
+        return None, _item_error(index, (), "each event must be an object")
     event_type = item.get("type")
     route = topology.by_tag.get(event_type) if isinstance(event_type, str) else None
     if route is None:
         known = ", ".join(sorted(topology.by_tag))
-        return None, _item_error(index, "$.type", f"unknown event type {event_type!r}; known types: {known}")
+        return None, _item_error(index, ("type",), f"unknown event type {event_type!r}; known types: {known}")
     options = {k: item.pop(k) for k in RESERVED if k in item}
     error = _options_error(options) or (_depth_error(item, route.event_type) if measure else None)
     if error is not None:
@@ -101,19 +108,19 @@ def _convert(topology: Topology, index: int, item: Any, measure: bool,
     except msgspec.ValidationError as exc:
         message, _, path = str(exc).rpartition(" - at `")
         return None, _item_error(index, path.rstrip("`") if message else "$", message or str(exc))
-    too_wide = _wide_int_path(msgspec.to_builtins(event), "$")
+    too_wide = _wide_int_at(msgspec.to_builtins(event), ())
     if too_wide is not None:  # msgspec accepts any size, but encoding it for the stream would fail (was a 500)
         return None, _item_error(index, too_wide, f"integers must be between {MIN_INT} and {MAX_INT}")
     return Outgoing(event, options.get("id"), options.get("partition_key")), None
 
 
-def _options_error(options: dict[str, Any]) -> tuple[str, str] | None:
-    """The path and message of the first invalid reserved key (id, partition_key), or None."""
+def _options_error(options: dict[str, Any]) -> tuple[Location, str] | None:
+    """The location and message of the first invalid reserved key (id, partition_key), or None."""
     for key, value in options.items():
         if value is not None and (not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH):
-            return f"$.{key}", f"must be a non-empty string of at most {MAX_ID_LENGTH}"
+            return (key,), f"must be a non-empty string of at most {MAX_ID_LENGTH}"
     if options.get("id") is not None and not EVENT_ID_PATTERN.fullmatch(options["id"]):
-        return "$.id", "must be 1-200 characters of A-Z a-z 0-9 . _ : @ / + = -"
+        return ("id",), "must be 1-200 characters of A-Z a-z 0-9 . _ : @ / + = -"
     return None
 
 
@@ -131,14 +138,14 @@ def _free_form_too_deep(topology: Topology, items: list[Any]) -> bool:
     return too_deep(values, MAX_DEPTH)  # the list of them is a level too
 
 
-def _depth_error(item: dict[str, Any], event_type: type[Event]) -> tuple[str, str] | None:
-    """The path and message of the first free-form field whose value nests past MAX_DEPTH, or None. Only those can
+def _depth_error(item: dict[str, Any], event_type: type[Event]) -> tuple[Location, str] | None:
+    """The location and message of the first free-form field whose value nests past MAX_DEPTH, or None. Only those can
     hold such data once converted: other fields refuse it by their type, and fields the type does not have are
     ignored (as msgspec ignores them), whatever they hold."""
     for _, key in _free_form_fields(event_type):
         value = item.get(key)
         if isinstance(value, dict | list) and too_deep(value, MAX_DEPTH - 1):
-            return f"$.{key}", f"nests deeper than {MAX_DEPTH} levels (the event object is level 1)"
+            return (key,), f"nests deeper than {MAX_DEPTH} levels (the event object is level 1)"
     return None
 
 
@@ -235,13 +242,13 @@ def _integral_floats_as_ints(value: Any) -> Any:
     return value
 
 
-def _wide_int_path(value: Any, path: str) -> str | None:
-    """The path of the first integer outside MIN_INT..MAX_INT (JSON allows any size), or None."""
+def _wide_int_at(value: Any, at: Location) -> Location | None:
+    """The location of the first integer outside MIN_INT..MAX_INT (JSON allows any size), or None."""
     if isinstance(value, int) and not isinstance(value, bool):
-        return None if MIN_INT <= value <= MAX_INT else path
+        return None if MIN_INT <= value <= MAX_INT else at
     children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
     for key, child in children:
-        found = _wide_int_path(child, f"{path}.{key}" if isinstance(key, str) else f"{path}[{key}]")
+        found = _wide_int_at(child, (*at, key))
         if found is not None:
             return found
     return None

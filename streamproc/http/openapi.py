@@ -8,16 +8,23 @@ import msgspec
 
 from ..event import EVENT_ID_PATTERN
 from ..topology import Topology
+from ..version import __version__
 from .intake import JSON, MAX_ID_LENGTH, MAX_INT, MIN_INT
 
 PROBLEM = {
     "type": "object",
+    "description": "RFC 9457 problem details; the README's Problem types section lists every type",
     "required": ["type", "title", "status", "detail"],
     "properties": {
-        "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
+        "type": {"type": "string", "format": "uri"}, "title": {"type": "string"}, "status": {"type": "integer"},
         "detail": {"type": "string"},
-        "errors": {"type": "array", "items": {"type": "object", "properties": {
-            "index": {"type": "integer"}, "path": {"type": "string"}, "message": {"type": "string"}}}},
+        "errors": {"type": "array", "items": {
+            "type": "object", "required": ["index", "path", "pointer", "message"],
+            "properties": {"index": {"type": "integer", "description": "position of the event in the body"},
+                           "path": {"type": "string", "description": "where in the body, as `$[1].card_id`"},
+                           "pointer": {"type": "string", "format": "json-pointer",
+                                       "description": "where in the body, as an RFC 6901 JSON Pointer: `/1/card_id`"},
+                           "message": {"type": "string"}}}},
     },
 }
 ACCEPTED = {
@@ -28,6 +35,11 @@ ACCEPTED = {
         "properties": {"id": {"type": "string"}, "stream": {"type": "string"}, "stream_id": {"type": "string"},
                        "duplicate": {"type": "boolean"}}}}},
 }
+HEALTHY = {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}}
+READY = {"type": "object", "required": ["status", "types"],
+         "properties": {"status": {"const": "ready"}, "types": {"type": "array", "items": {"type": "string"}}}}
+RETRY_AFTER = {"description": "Seconds to wait before retrying", "required": True,
+               "schema": {"type": "integer", "minimum": 0}}
 _ERRORS = {
     "400": "Malformed JSON or msgpack (or nested too deeply to decode)", "401": "Missing or invalid bearer token",
     "408": "The body did not arrive within the body timeout; the connection is closed",
@@ -37,6 +49,16 @@ _ERRORS = {
     "429": "A stream's backlog is over its limit; retry after Retry-After",
     "503": "Redis unavailable, or the server is at its connection limit; retry after Retry-After",
 }
+_AT_LIMIT = "The server is at its connection limit; retry after Retry-After"
+_PROBLEM = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+
+
+def _error(description: str, status: str) -> dict[str, Any]:
+    """An error response: a problem document, with Retry-After on the statuses that always carry it."""
+    response: dict[str, Any] = {"description": description, "content": _PROBLEM}
+    if status in ("429", "503"):
+        response["headers"] = {"Retry-After": {"$ref": "#/components/headers/RetryAfter"}}
+    return response
 
 
 def _event_schemas(topology: Topology) -> dict[str, Any]:
@@ -66,32 +88,63 @@ def _bound_integers(schema: Any) -> None:
             _bound_integers(child)
 
 
-def openapi_document(topology: Topology, title: str) -> dict[str, Any]:
+def openapi_document(topology: Topology, title: str, auth: bool = True) -> dict[str, Any]:
+    """The contract of an ingest for these event types. `auth`: whether /v1/events needs the bearer token (the
+    probes, /metrics and /openapi.json never do)."""
     schemas = _event_schemas(topology)
     names = sorted(route.event_type.__name__ for route in topology.by_tag.values())
     mapping = {route.tag: f"#/components/schemas/{route.event_type.__name__}" for route in topology.by_tag.values()}
     one_event = {"oneOf": [{"$ref": f"#/components/schemas/{n}"} for n in names],
                  "discriminator": {"propertyName": "type", "mapping": mapping}}
-    schemas.update({"AnyEvent": one_event, "Problem": PROBLEM, "Accepted": ACCEPTED})
+    schemas.update({"AnyEvent": one_event, "Problem": PROBLEM, "Accepted": ACCEPTED, "Healthy": HEALTHY,
+                    "Ready": READY})
+    components: dict[str, Any] = {"schemas": schemas, "headers": {"RetryAfter": RETRY_AFTER}}
+    if auth:
+        components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": f"{title} ingest", "version": __version__,
+                 "description": "Append events to the streams of a streamproc app. Every error is an RFC 9457 "
+                                "problem (application/problem+json)."},
+        "paths": {"/v1/events": {"post": _post_events(auth)}, **_open_paths()},
+        "components": components,
+    }
+
+
+def _post_events(auth: bool) -> dict[str, Any]:
     body_schema = {"oneOf": [{"$ref": "#/components/schemas/AnyEvent"},
                              {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/AnyEvent"}}]}
-    problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
     responses: dict[str, Any] = {"202": {"description": "Every event of the request was appended",
                                          "content": {JSON: {"schema": {"$ref": "#/components/schemas/Accepted"}}}}}
-    responses.update({code: {"description": text, "content": problem} for code, text in _ERRORS.items()})
-    post = {
+    responses.update({code: _error(text, code) for code, text in _ERRORS.items() if auth or code != "401"})
+    return {
         "operationId": "postEvents", "summary": "Append one event or a batch (all or nothing)",
-        "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"}}],
+        "security": [{"bearer": []}] if auth else [],
+        "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"},
+                        "description": "retrying with the same key and body appends nothing twice"}],
         "requestBody": {"required": True, "content": {JSON: {"schema": body_schema},
                                                       "application/msgpack": {"schema": body_schema}}},
         "responses": responses,
     }
-    plain = {"200": {"description": "OK"}, "503": {"description": "Not ready"}}
+
+
+def _open_paths() -> dict[str, Any]:
+    """The operations anyone may call (`security: []`): the probes, the metrics and this document."""
+    def get(operation_id: str, summary: str, ok: dict[str, Any], unavailable: str = _AT_LIMIT) -> dict[str, Any]:
+        return {"get": {"operationId": operation_id, "summary": summary, "security": [],
+                        "responses": {"200": ok, "503": _error(unavailable, "503")}}}
+
+    def content(media_types: tuple[str, ...], schema: dict[str, Any], description: str) -> dict[str, Any]:
+        return {"description": description, "content": {media: {"schema": schema} for media in media_types}}
+
     return {
-        "openapi": "3.1.0",
-        "info": {"title": f"{title} ingest", "version": "1"},
-        "paths": {"/v1/events": {"post": post}, "/healthz": {"get": {"responses": plain}},
-                  "/readyz": {"get": {"responses": plain}}},
-        "components": {"schemas": schemas, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
-        "security": [{"bearer": []}],
+        "/healthz": get("healthz", "The process is alive", content((JSON,), {"$ref": "#/components/schemas/Healthy"},
+                                                                   "Alive")),
+        "/readyz": get("readyz", "Redis answers and the app's consumer groups exist",
+                       content((JSON,), {"$ref": "#/components/schemas/Ready"}, "Ready: the event types served"),
+                       "Not ready (Redis does not answer, or the groups could not be created), or the server is at "
+                       "its connection limit; retry after Retry-After"),
+        "/metrics": get("metrics", "Prometheus metrics: the text format, or OpenMetrics if Accept asks for it",
+                        content(("text/plain", "application/openmetrics-text"), {"type": "string"}, "Metrics")),
+        "/openapi.json": get("openapi", "This document", content((JSON,), {"type": "object"}, "OpenAPI 3.1")),
     }

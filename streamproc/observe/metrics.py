@@ -1,20 +1,25 @@
 """Prometheus metrics. Counters and histograms are updated where things happen; stream state (lag, pending, oldest
-pending age) is read from Redis at scrape time. With several worker processes, the supervisor serves one endpoint
-that sums every child (prometheus_client multiprocess mode, PROMETHEUS_MULTIPROC_DIR)."""
+pending age) and whether Redis answers are read from Redis at scrape time. With several worker processes, the
+supervisor serves one endpoint that sums every child (prometheus_client multiprocess mode, PROMETHEUS_MULTIPROC_DIR).
+Every endpoint (ingest, inline worker, supervisor) serves an endpoint_registry: see there."""
 
 from __future__ import annotations
 
+import platform
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 
 import redis
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from ..keys import PartitionKeys
 from ..topology import Topology, is_declared
+from ..version import __version__
 
 HANDLER_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -60,34 +65,46 @@ class Metrics:
 
 
 class StreamStateCollector(Collector):
-    """Per stream and group, read at scrape time: lag (appended, not yet read), pending (read, not settled),
-    scheduled retries, dead-lettered entries, and the age of the oldest pending entry."""
+    """Read at scrape time: whether Redis answers (streamproc_redis_up), and per stream and group, lag (appended,
+    not yet read), pending (read, not settled), scheduled retries, dead-lettered entries, and the age of the oldest
+    pending entry. One try per scrape, 2 s at most per call: a scrape says how Redis is now, and a Redis that is
+    down costs it a refused connection or a timeout, not retries."""
 
     def __init__(self, topology: Topology, redis_url: str) -> None:
         self.topology = topology
-        self.redis = redis.Redis.from_url(redis_url, socket_timeout=2)
+        self.redis = redis.Redis.from_url(redis_url, socket_timeout=2, retry=Retry(NoBackoff(), 0))
 
     def collect(self) -> Iterator[Metric]:
         labels = ["stream", "group"]
-        lag = GaugeMetricFamily("streamproc_group_lag", "Entries not yet read by the group", labels=labels)
-        pending = GaugeMetricFamily("streamproc_group_pending", "Entries read but not settled", labels=labels)
-        oldest = GaugeMetricFamily("streamproc_group_oldest_pending_age_seconds",
-                                   "Age of the oldest pending entry", labels=labels)
-        retries = GaugeMetricFamily("streamproc_group_scheduled_retries", "Entries waiting for a retry", labels=labels)
-        dead = GaugeMetricFamily("streamproc_group_dead_letters", "Entries in the dead-letter stream", labels=labels)
+        families = (
+            GaugeMetricFamily("streamproc_group_lag", "Entries not yet read by the group", labels=labels),
+            GaugeMetricFamily("streamproc_group_pending", "Entries read but not settled", labels=labels),
+            GaugeMetricFamily("streamproc_group_oldest_pending_age_seconds", "Age of the oldest pending entry",
+                              labels=labels),
+            GaugeMetricFamily("streamproc_group_scheduled_retries", "Entries waiting for a retry", labels=labels),
+            GaugeMetricFamily("streamproc_group_dead_letters", "Entries in the dead-letter stream", labels=labels),
+        )
         orphans = GaugeMetricFamily("streamproc_orphan_groups", "Consumer groups on the stream that no app declares "
                                     "(renamed or removed handler groups: `streamproc groups list`)", labels=["stream"])
+        up = GaugeMetricFamily("streamproc_redis_up", "1 if Redis answered every call of this scrape, 0 if not")
         try:
-            for route in self.topology.by_tag.values():
-                for keys in route.partitions:
-                    for group in route.groups:
-                        values = self._group_state(keys.stream, group, keys.retry(group), keys.deadletter(group))
-                        for family, value in zip((lag, pending, oldest, retries, dead), values, strict=True):
-                            family.add_metric([keys.stream, group], value)
-                    orphans.add_metric([keys.stream], self._orphans(keys, route.all_groups()))
+            self.redis.ping()  # first, alone: when Redis is down, the one call that fails
+            self._read_state(families, orphans)
         except redis.RedisError:
-            pass  # Redis unreachable: expose what we have; the up/scrape metrics show the failure
-        yield from (lag, pending, oldest, retries, dead, orphans)
+            up.add_metric([], 0)  # expose what was read; the group families may be empty or partial
+        else:
+            up.add_metric([], 1)
+        yield up
+        yield from (*families, orphans)
+
+    def _read_state(self, families: tuple[GaugeMetricFamily, ...], orphans: GaugeMetricFamily) -> None:
+        for route in self.topology.by_tag.values():
+            for keys in route.partitions:
+                for group in route.groups:
+                    values = self._group_state(keys.stream, group, keys.retry(group), keys.deadletter(group))
+                    for family, value in zip(families, values, strict=True):
+                        family.add_metric([keys.stream, group], value)
+                orphans.add_metric([keys.stream], self._orphans(keys, route.all_groups()))
 
     def _orphans(self, keys: PartitionKeys, own: Collection[str]) -> int:
         pipe = self.redis.pipeline(transaction=False)
@@ -126,3 +143,44 @@ class StreamStateCollector(Collector):
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class BuildInfo(Collector):
+    """streamproc_build_info{version, python_version, python_implementation} 1: which streamproc serves this."""
+
+    def collect(self) -> Iterator[Metric]:
+        yield InfoMetricFamily("streamproc_build", "The streamproc version, and the Python that runs it", value={
+            "version": __version__, "python_version": platform.python_version(),
+            "python_implementation": platform.python_implementation()})
+
+
+class _Chain(Collector):
+    """The metrics of several collectors or registries, as one collector (describing none, so that registering it
+    does not collect them)."""
+
+    def __init__(self, sources: Iterable[Collector | CollectorRegistry]) -> None:
+        self.sources = list(sources)
+
+    def collect(self) -> Iterator[Metric]:
+        for source in self.sources:
+            yield from source.collect()
+
+    def describe(self) -> list[Metric]:
+        return []
+
+
+def endpoint_registry(topology: Topology, redis_url: str, sources: Iterable[Collector | CollectorRegistry],
+                      ) -> CollectorRegistry:
+    """What one /metrics endpoint serves: `sources` (the registry the app's counters live in, or a supervisor's
+    MultiProcessCollector summing its children), the state read from Redis at scrape time (StreamStateCollector)
+    and streamproc_build_info; each endpoint has one, so none of these is exposed twice.
+
+    No `_created` series: prometheus_client has only a process-wide switch (disable_created_metrics(), or the
+    PROMETHEUS_DISABLE_CREATED_SERIES variable, which it reads once, at import, so it must be set before anything
+    imports it), so the process that serves an endpoint turns them off here, for every registry it serves. A
+    supervisor's children need nothing: multiprocess files hold values only, and MultiProcessCollector yields no
+    `_created` samples."""
+    disable_created_metrics()  # type: ignore[no-untyped-call]
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Chain([*sources, StreamStateCollector(topology, redis_url), BuildInfo()]))
+    return registry

@@ -17,13 +17,13 @@ import time
 from dataclasses import dataclass, field
 
 import uvloop
-from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+from prometheus_client import REGISTRY, start_http_server
 from prometheus_client import multiprocess as prometheus_multiprocess
 
 from ..app import App
 from ..errors import ConfigError, StreamprocError
 from ..observe.logs import configure_logging
-from ..observe.metrics import Metrics, StreamStateCollector
+from ..observe.metrics import Metrics, endpoint_registry
 from ..observe.sdk import configure as configure_tracing
 from .process import run_worker
 from .restarts import CrashLoop, RestartPolicy
@@ -104,9 +104,9 @@ def instrument(app: App, role: str, serve_metrics: bool = False) -> None:
         app.instruments.tracing.owned_shutdown = shutdown
     if app.settings.metrics_port and app.instruments.metrics is None:
         app.instruments.metrics = Metrics()
-        if serve_metrics:
-            REGISTRY.register(StreamStateCollector(app.topology, app.settings.redis_url))
-            start_http_server(app.settings.metrics_port, registry=REGISTRY)
+        if serve_metrics:  # the app's metrics (the default registry), stream state, redis_up and build_info
+            start_http_server(app.settings.metrics_port,
+                              registry=endpoint_registry(app.topology, app.settings.redis_url, [REGISTRY]))
 
 
 async def _serve(app: App, spec: WorkerSpec) -> None:
@@ -156,10 +156,10 @@ class Supervisor:
         (PROMETHEUS_MULTIPROC_DIR, inherited by spawned children), which this process sums at scrape time."""
         self._metrics_dir = tempfile.mkdtemp(prefix="streamproc-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = self._metrics_dir
-        registry = CollectorRegistry()
-        prometheus_multiprocess.MultiProcessCollector(registry, path=self._metrics_dir)  # type: ignore[no-untyped-call]
-        registry.register(StreamStateCollector(app.topology, app.settings.redis_url))
-        start_http_server(app.settings.metrics_port, registry=registry)
+        children = prometheus_multiprocess.MultiProcessCollector(None, path=self._metrics_dir)  # type: ignore[no-untyped-call]
+        # Stream state, redis_up and build_info come from this process, once, not from each child.
+        start_http_server(app.settings.metrics_port,
+                          registry=endpoint_registry(app.topology, app.settings.redis_url, [children]))
         log.info("metrics on http://0.0.0.0:%d/metrics", app.settings.metrics_port)
 
     def _start(self, slot: _Slot) -> None:

@@ -197,6 +197,7 @@ async def test_event_data_may_nest_max_depth_levels_and_no_more(ns: str, redis_u
             _, answer, resp = await post(client, server, encode(body), headers)
             assert_problem(resp, answer, 422)
             assert answer["errors"] == [{"index": len(body) - 1, "path": f"$[{len(body) - 1}].payload",
+                                         "pointer": f"/{len(body) - 1}/payload",
                                          "message": f"nests deeper than {MAX_DEPTH} levels (the event object is "
                                                     "level 1)"}]
         [(_, fields)] = await redis.xrange(partition(app, Doc).stream)

@@ -106,14 +106,17 @@ async def test_schema_violation_is_422_naming_path_and_expectation(ns: str, redi
         [wrong_type, missing] = answer["errors"]
         assert wrong_type["index"] == 1
         assert wrong_type["path"] == "$[1].card_id"
+        assert wrong_type["pointer"] == "/1/card_id"
         assert wrong_type["message"] == "Expected `str`, got `int`"
         assert missing["index"] == 2
         assert missing["path"] == "$[2]"
+        assert missing["pointer"] == "/2"  # the object the field is missing from
         assert "missing required field `url`" in missing["message"]
 
         _, answer, resp = await post(client, server, card(1, title=["not", "a", "string"]))
         assert_problem(resp, answer, 422)
-        assert answer["errors"] == [{"index": 0, "path": "$[0].title", "message": "Expected `str | null`, got `array`"}]
+        assert answer["errors"] == [{"index": 0, "path": "$[0].title", "pointer": "/0/title",
+                                     "message": "Expected `str | null`, got `array`"}]
         assert await xlen(redis, app, CardAdded) == 0
 
 

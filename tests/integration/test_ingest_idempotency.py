@@ -12,6 +12,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from streamproc.http.auth import token_digest
+from streamproc.http.problems import problem_type
 from tests.ingestserver import (
     JSON,
     TOKEN,
@@ -66,7 +67,7 @@ async def test_same_key_with_another_body_is_422_and_appends_nothing(
         for other in ([card(1), card(3)], [card(1)], [follow(9)], card(1)):
             _, answer, resp = await post(client, server, other, keyed("order-7"))
             assert_problem(resp, answer, 422)
-            assert answer["type"] == "urn:streamproc:problem:idempotency-key-reused"
+            assert answer["type"] == problem_type("idempotency-key-reused")
             assert "Idempotency-Key" in answer["detail"]
         # The same bytes as another content type are another body too.
         packed = msgspec.msgpack.encode([card(1), card(2)])
@@ -120,7 +121,7 @@ async def test_a_refused_body_does_not_bind_its_key(ns: str, redis_url: str, red
         invalid = card(1, card_id=5)
         _, answer, resp = await post(client, server, invalid, keyed("fix-and-retry"))
         assert_problem(resp, answer, 422)
-        assert answer["type"] == "urn:streamproc:problem:invalid-events"
+        assert answer["type"] == problem_type("invalid-events")
         status, fixed, _ = await post(client, server, card(1), keyed("fix-and-retry"))
         assert status == 202, fixed
         assert fixed["events"][0]["duplicate"] is False

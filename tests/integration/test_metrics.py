@@ -163,7 +163,7 @@ async def test_stream_state_per_group(ns: str, redis_url: str, redis: aioredis.R
         assert age is not None and 0 < age < 30
 
 
-def test_stream_state_when_redis_is_unreachable_yields_empty_families() -> None:
+def test_stream_state_when_redis_is_unreachable_is_redis_down_and_empty_families() -> None:
     app = App("tdown", settings=Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0"))
     app.handler(CardAdded, group="feeds")(noop)
     collector = StreamStateCollector(app.topology, app.settings.redis_url)
@@ -171,6 +171,8 @@ def test_stream_state_when_redis_is_unreachable_yields_empty_families() -> None:
         families = {f.name: f.samples for f in collector.collect()}
     finally:
         collector.redis.close()
+    up = families.pop("streamproc_redis_up")
+    assert [(s.name, s.labels, s.value) for s in up] == [("streamproc_redis_up", {}, 0)]
     assert set(families) == {"streamproc_group_lag", "streamproc_group_pending",
                              "streamproc_group_oldest_pending_age_seconds", "streamproc_group_scheduled_retries",
                              "streamproc_group_dead_letters", "streamproc_orphan_groups"}
