@@ -15,7 +15,7 @@ from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.util.types import AttributeValue
 
-from ..observe.telemetry import A_ERROR_TYPE, error_type
+from ..observe.telemetry import A_ERROR_TYPE, current, error_type
 
 # Methods the conventions know; any other is reported as "_OTHER" (with the original in its own attribute), so a
 # client cannot mint span names.
@@ -74,10 +74,11 @@ async def server_span(tracer: Tracer, request: web.Request,
     the publish spans it starts are its children."""
     method = request.method if request.method in KNOWN_METHODS else "_OTHER"
     route = route_of(request)
-    parent = propagate.extract(request.headers, getter=HEADERS)
-    with tracer.start_as_current_span(f"{method} {route}" if route else method, context=parent,
-                                      kind=SpanKind.SERVER, attributes=request_attributes(request, method, route),
-                                      record_exception=False, set_status_on_exception=False) as span:
+    # The caller's context is made current, not only the span's parent: its baggage then reaches the publishes.
+    with current(propagate.extract(request.headers, getter=HEADERS)), tracer.start_as_current_span(
+            f"{method} {route}" if route else method, kind=SpanKind.SERVER,
+            attributes=request_attributes(request, method, route), record_exception=False,
+            set_status_on_exception=False) as span:
         try:
             response = await answer
         except web.HTTPException as exc:  # aiohttp's own answers (404, 405, 413...), raised through middlewares

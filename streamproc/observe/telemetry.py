@@ -9,9 +9,11 @@ the publish and handler paths pay one check per event (Tracing.tracer), not a sp
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import opentelemetry.trace as trace_api
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter, Setter
@@ -126,16 +128,28 @@ def entry_context(fields: dict[bytes, bytes]) -> Context:
 
 
 def start_process(tracer: Tracer, fields: dict[bytes, bytes], keys: PartitionKeys, group: str, consumer: str,
-                  attributes: dict[str, str | int]) -> Span:
+                  attributes: dict[str, str | int]) -> tuple[Span, Context]:
     """Start the CONSUMER span of one handler run: a child of the producer's context when the entry has one, and
-    linked to it as well (so batch-oriented backends can follow the link). `attributes`: message id and such."""
+    linked to it as well (so batch-oriented backends can follow the link). `attributes`: message id and such.
+    Returns it and the context to run the handler in: the span as current, with the publisher's baggage."""
     parent = entry_context(fields)
     producer = trace.get_current_span(parent).get_span_context()
-    return tracer.start_span(f"process {keys.stream}", context=parent, kind=SpanKind.CONSUMER,
+    span = tracer.start_span(f"process {keys.stream}", context=parent, kind=SpanKind.CONSUMER,
                              links=[Link(producer)] if producer.is_valid else None, attributes={
                                  A_SYSTEM: SYSTEM, A_DESTINATION: keys.stream, A_PARTITION: str(keys.partition),
                                  A_OPERATION_TYPE: "process", A_OPERATION_NAME: "process", A_GROUP: group,
                                  A_CLIENT_ID: consumer, A_EVENT_TYPE: keys.tag, **attributes})
+    return span, trace.set_span_in_context(span, parent)
+
+
+@contextlib.contextmanager
+def current(context: Context) -> Iterator[None]:
+    """Make `context` the current OpenTelemetry context for the block."""
+    token = otel_context.attach(context)
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
 
 
 def error_type(error: BaseException) -> str:

@@ -11,7 +11,6 @@ from collections.abc import Coroutine
 from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
-from opentelemetry import trace
 from opentelemetry.trace import Span
 
 from ..codec import DATA, EVENT_ID, OCCURRED_AT, TYPE, read_envelope
@@ -27,6 +26,7 @@ from ..observe.telemetry import (
     A_RETRY_DELAY,
     EV_DEAD_LETTER,
     EV_RETRY,
+    current,
     mark_failed,
     start_process,
 )
@@ -122,13 +122,14 @@ class HandlerRun:
         """The whole run in a task of its own, under the handler's timeout (and, when tracing, inside a CONSUMER
         span as the current span, so the handler's own spans nest), then settle."""
         tracer = self.instruments.tracing.tracer()
-        span = None if tracer is None else start_process(
-            tracer, d.fields, d.keys, ctx.group, self.settler.consumer,
-            {A_MESSAGE_ID: ctx.event_id, A_ENTRY_ID: ctx.stream_id, A_ATTEMPT: ctx.attempt})
+        span, traced = None, None
+        if tracer is not None:
+            attributes: dict[str, str | int] = {A_MESSAGE_ID: ctx.event_id, A_ENTRY_ID: ctx.stream_id,
+                                                A_ATTEMPT: ctx.attempt}
+            span, traced = start_process(tracer, d.fields, d.keys, ctx.group, self.settler.consumer, attributes)
         started = time.perf_counter()
         try:
-            with (trace.use_span(span, record_exception=False, set_status_on_exception=False) if span is not None
-                  else contextlib.nullcontext()):
+            with current(traced) if traced is not None else contextlib.nullcontext():
                 async with asyncio.timeout(d.handler.timeout):
                     await d.handler.fn(event, ctx)
         except Exception as exc:  # any handler failure is retried or dead-lettered; it must not stop the worker
