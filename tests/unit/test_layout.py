@@ -23,6 +23,9 @@ ALLOWED: dict[str, set[str]] = {
     "http": {TOP, "redis", "observe", "publish"},
     "devtools": {TOP, "redis", "observe", "publish", "worker", "http"},
     "cli": {TOP, "redis", "observe", "publish", "worker", "http", "devtools"},  # the edge: may use every wing
+    # What users plug into their own code (web frameworks, pytest); no wing imports them.
+    "integrations": {TOP, "publish"},
+    "testing": {TOP, "redis", "publish", "worker", "devtools"},
 }
 SHARED_TOP = {"event", "codec", "keys", "topology", "context", "errors", "settings", "backoff", "version"}
 
