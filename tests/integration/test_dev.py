@@ -103,3 +103,36 @@ async def test_dev_runs_everything_and_stops_cleanly_on_ctrl_c(ns: str, spawned:
     assert not running(redis_pid), "the throwaway redis-server is still running"
     for pid in worker_pids:
         assert not running(int(pid)), f"worker process {int(pid)} outlived dev"
+
+
+@pytest.mark.parametrize("via", ["flag", "variable"])
+async def test_dev_uses_the_redis_it_is_given_and_ignores_redis_url(ns: str, redis_url: str, spawned: Spawned,
+                                                                     via: str) -> None:
+    """`dev --redis-url` (or STREAMPROC_DEV_REDIS_URL) means what its help says: that Redis, no throwaway one; a
+    REDIS_URL exported for other work is not dev's."""
+    port, metrics_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMPROC_")}
+    env.update({"METRICSAPP_NS": ns, "STREAMPROC_BLOCK_MS": "50", "STREAMPROC_GRACE_PERIOD_S": "2",
+                "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
+    given = ["--redis-url", redis_url] if via == "flag" else []
+    if via == "variable":
+        env["STREAMPROC_DEV_REDIS_URL"] = redis_url
+    proc = spawned.streamproc("dev", "tests.metricsapp:app", "--port", str(port), "--metrics-port", str(metrics_port),
+                              *given, env=env)
+
+    def printed_redis_url() -> str | None:
+        assert proc.poll() is None, spawned.output(proc)
+        found = re.search(r"^redis\s+(\S+)$", spawned.output(proc), re.MULTILINE)
+        return found.group(1) if found else None
+
+    assert await wait_for(printed_redis_url, timeout=20) == redis_url
+    async with aiohttp.ClientSession() as client, client.post(f"http://127.0.0.1:{port}/v1/events",
+                                                              json={"type": "metrics.tick", "n": 1}) as resp:
+        assert resp.status == 202, await resp.text()
+    redis = aioredis.Redis.from_url(redis_url)
+    try:
+        assert await wait_for(lambda: redis.smembers(f"{ns}:pids"), timeout=20)  # the workers use it too
+    finally:
+        await redis.aclose()
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=20) == 0, spawned.output(proc)
