@@ -129,3 +129,16 @@ def test_fuzzed_requests_never_get_5xx_and_match_the_contract(base_url: str, mod
         assert 202 in statuses, "valid bodies were accepted"
     else:
         assert set(statuses) - {202}, "invalid bodies were refused"
+
+
+def test_every_operation_answers_as_its_declaration_says(base_url: str) -> None:
+    """The probes, /metrics and /openapi.json, called without credentials (they are declared open), answer with a
+    documented status, content type and body; /v1/events without credentials is a documented 401."""
+    schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
+    called: dict[str, int] = {}
+    for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
+        called[path] = schema[path]["GET"].Case().call_and_validate(base_url=base_url).status_code
+    case = schema["/v1/events"]["POST"].Case(body={"type": "card.rated", "card_id": "c1", "stars": 3},
+                                             media_type="application/json")
+    called["/v1/events"] = case.call_and_validate(base_url=base_url).status_code
+    assert called == {"/healthz": 200, "/readyz": 200, "/metrics": 200, "/openapi.json": 200, "/v1/events": 401}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import platform
 import signal
 from collections.abc import Iterator
 from typing import Any
@@ -15,15 +16,17 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamproc import App, Backoff, Context, DeadLetter, Event, Retry, Settings
 from streamproc.observe.metrics import Metrics, StreamStateCollector
+from streamproc.version import __version__
 from tests.helpers import wait_for
 from tests.ingestserver import AUTH, ingest_app, serving
 from tests.inproc import deadletters, fast_settings, open_app, partition, running, settled
 from tests.metricsapp import Tick, make_app
-from tests.redis_server import free_port
+from tests.redis_server import RedisServer, free_port
 from tests.spawn import Spawned, spawning
 
 
@@ -194,6 +197,31 @@ async def scrape(client: aiohttp.ClientSession, url: str) -> list[tuple[str, dic
         return scrape_samples(await resp.text())
 
 
+OPENMETRICS = {"Accept": "application/openmetrics-text; version=1.0.0,text/plain;version=0.0.4;q=0.5"}
+
+
+async def scrape_both(client: aiohttp.ClientSession, url: str) -> list[tuple[str, dict[str, str], float]]:
+    """Scrape an endpoint as Prometheus does (asking for OpenMetrics) and without an Accept header (the text
+    format); check what every streamproc endpoint serves in both, and return the OpenMetrics samples."""
+    async with client.get(url) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+        text = await resp.text()
+    async with client.get(url, headers=OPENMETRICS) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("application/openmetrics-text; version=1.0.0")
+        openmetrics = await resp.text()
+    assert openmetrics.endswith("# EOF\n") and not text.endswith("# EOF\n")
+    assert "_created" not in text and "_created" not in openmetrics
+    samples = [(s.name, s.labels, s.value) for family in openmetrics_families(openmetrics) for s in family.samples]
+    build = {"version": __version__, "python_version": platform.python_version(),
+             "python_implementation": platform.python_implementation()}
+    for found in (samples, scrape_samples(text)):
+        assert [(labels, v) for name, labels, v in found if name == "streamproc_build_info"] == [(build, 1)]
+        assert len([name for name, _, _ in found if name == "streamproc_redis_up"]) == 1
+    return samples
+
+
 @pytest.fixture
 def spawned() -> Iterator[Spawned]:
     yield from spawning()
@@ -251,6 +279,10 @@ async def test_one_scrape_adds_up_every_worker_process(ns: str, redis_url: str, 
         # Stream state comes from Redis, once, not once per process.
         assert [v for name, lab, v in samples if name == "streamproc_group_lag" and lab["stream"] == stream] == [0]
         assert total(samples, "streamproc_group_pending", stream=stream, group="count") == 0
+        # The supervisor's endpoint (prometheus_client's HTTP server over the children's files) negotiates too.
+        negotiated = await scrape_both(client, url)
+        assert total(negotiated, "streamproc_events_processed_total", **labels) == n
+        assert total(negotiated, "streamproc_redis_up") == 1
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=15) == 0, spawned.output(proc)
 
@@ -287,3 +319,51 @@ async def test_ingest_metrics_when_the_app_already_has_metrics(ns: str, redis_ur
         samples = await scrape(client, f"{server.url}/metrics")
     assert total(samples, "streamproc_ingest_requests_total", status="202") == 1
     assert total(samples, "streamproc_events_published_total", type="card.added") == 1
+
+
+async def test_inline_worker_endpoint_negotiates_and_has_no_created_series(
+        ns: str, redis_url: str, redis: aioredis.Redis, worker_env: dict[str, str], spawned: Spawned) -> None:
+    """`worker --inline` serves the default registry itself (prometheus_client's HTTP server in the worker)."""
+    port = free_port()
+    proc = spawned.streamproc("worker", "tests.metricsapp:app", "--inline", "--metrics-port", str(port),
+                              env=worker_env)
+    url = f"http://127.0.0.1:{port}/metrics"
+    app = make_app(ns, fast_settings(redis_url))
+    async with aiohttp.ClientSession() as client:
+        try:
+            await app.publish_many([Tick(n=i) for i in range(5)])
+
+            async def all_counted() -> bool:
+                try:
+                    samples = await scrape(client, url)
+                except aiohttp.ClientConnectionError:
+                    return False
+                return total(samples, "streamproc_events_processed_total") == 5
+
+            await wait_for(all_counted, timeout=20)
+            samples = await scrape_both(client, url)
+        finally:
+            await app.aclose()
+    assert total(samples, "streamproc_events_processed_total", type="metrics.tick", group="count") == 5
+    assert total(samples, "streamproc_redis_up") == 1
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == 0, spawned.output(proc)
+
+
+async def test_ingest_metrics_negotiate_and_report_redis_up_or_down(ns: str, fresh_redis: RedisServer) -> None:
+    app = ingest_app(ns, fresh_redis.url)
+    app.handler(CardAdded, group="feeds")(noop)
+    async with serving(app) as server, aiohttp.ClientSession() as client:
+        async with client.post(server.events_url, data=b'{"type": "card.added", "card_id": "c1"}',
+                               headers={**AUTH, "Content-Type": "application/json"}) as resp:
+            assert resp.status == 202  # so the counters have children, whose _created series would show
+        url = f"{server.url}/metrics"
+        samples = await scrape_both(client, url)
+        assert total(samples, "streamproc_events_published_total", type="card.added") == 1
+        assert total(samples, "streamproc_redis_up") == 1
+        fresh_redis.stop()
+        samples = await scrape_both(client, url)
+        assert total(samples, "streamproc_redis_up") == 0
+        assert total(samples, "streamproc_ingest_requests_total", status="202") == 1  # the rest is still served
+        fresh_redis.start()
+        assert total(await scrape_both(client, url), "streamproc_redis_up") == 1
