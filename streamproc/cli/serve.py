@@ -48,7 +48,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     # Children check the server too, but there a refusal only gets them restarted: refuse once, here, with exit 2.
     # A Redis that is down is not refused: workers wait out outages, at start as later, and never exit for one.
     asyncio.run(_check_server(app))
-    processes = args.processes or app.settings.processes or os.cpu_count() or 1
+    # 0 means one per CPU, given by the flag as by the setting (a flag's 0 does not fall back to the setting).
+    processes = (app.settings.processes if args.processes is None else args.processes) or os.cpu_count() or 1
     supervisor = Supervisor(spec, processes, stop_budget_s(app.settings))  # children's stop, Redis deadlines included
     if app.settings.metrics_port:
         supervisor.serve_metrics(app)

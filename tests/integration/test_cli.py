@@ -385,3 +385,23 @@ async def test_a_worker_started_while_redis_is_down_waits_for_it(spawned: Spawne
         assert proc.poll() is None
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, spawned.output(proc)
+
+
+@pytest.mark.parametrize(("flags", "variable", "expected"), [([], "2", 2), (["--processes", "1"], "2", 1)])
+async def test_processes_come_from_the_flag_then_the_variable(spawned: Spawned, flags: list[str], variable: str,
+                                                              expected: int) -> None:
+    """Counted: the supervisor starts exactly that many children (Redis is down, so they wait and never die)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMPROC_")}
+    env.update({"PYTHONPATH": str(ROOT), "PROCAPP_NS": "clitest", "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+                "STREAMPROC_PROCESSES": variable})
+    proc = spawned.streamproc("worker", "tests.procapp:app", "--group", "work", *flags, env=env)
+
+    def children_waiting() -> set[str]:
+        assert proc.poll() is None, spawned.output(proc)
+        return set(re.findall(r"\[(\d+)\] streamproc\.worker\.loops: checking the Redis server", spawned.output(proc)))
+
+    await wait_for(lambda: len(children_waiting()) >= expected, timeout=30)
+    assert len(children_waiting()) == expected
+    assert spawned.output(proc).count("started worker process") == expected
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0, spawned.output(proc)
