@@ -12,9 +12,12 @@ from collections.abc import Callable
 import msgspec
 import pytest
 import redis.asyncio as aioredis
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from streamproc import App, BacklogFull, Context, Event, Outgoing, Published, SyncPublisher
 from tests.inproc import Calls, handler_recording, open_app, partition, running, settled
+from tests.otel import parent_id, recorded_spans
 
 THREADS = 6
 PER_THREAD = 150
@@ -204,3 +207,17 @@ async def test_a_worker_runs_what_sync_code_published_before_it_started(ns: str,
 
 async def noop(event: Noted, ctx: Context) -> None:
     return None
+
+
+async def test_sync_publish_inside_a_span_carries_its_trace(ns: str, redis_url: str, redis: aioredis.Redis) -> None:
+    """A Flask or Django request span (here a plain one) is the parent of the sync publish's PRODUCER span."""
+    spans = recorded_spans()
+    async with open_app(ns, redis_url) as app:
+        app.register(Noted, groups=["audit"])
+        with SyncPublisher(app) as publisher, trace.get_tracer("tests").start_as_current_span("GET /note") as outer:
+            published = publisher.publish(Noted(source="web", n=1))
+        [producer] = spans.of_kind(SpanKind.PRODUCER)
+        assert parent_id(producer) == outer.get_span_context().span_id
+        assert producer.context.trace_id == outer.get_span_context().trace_id
+        [(_, fields)] = await redis.xrange(published.stream)
+        assert fields[b"traceparent"].decode().split("-")[1] == f"{producer.context.trace_id:032x}"
