@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager, contextmanager
 from typing import Annotated, Any
 
 import aiohttp
+import httpx
 import msgspec
 import pydantic
 import pytest
@@ -22,7 +23,6 @@ import redis.asyncio as aioredis
 import uvicorn
 from aiohttp import web
 from fastapi import Depends, FastAPI
-from fastapi.testclient import TestClient
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.trace import SpanKind
 from starlette.applications import Starlette
@@ -123,15 +123,16 @@ async def test_fastapi_requests_publish_under_uvicorn(ns: str, redis_url: str, r
     assert [(g["name"], g["last-delivered-id"]) for g in groups] == [(b"billing", b"0-0")]  # made before appends
 
 
-def test_fastapi_dependency_without_the_lifespan_says_so() -> None:
+async def test_fastapi_dependency_without_the_lifespan_says_so() -> None:
     web_app = FastAPI()
 
     @web_app.get("/")
     async def index(app: Publishing) -> str:
         return app.name
 
-    with TestClient(web_app) as http, pytest.raises(RuntimeError, match=r"pass lifespan=streamproc\.integrations"):
-        http.get("/")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(web_app), base_url="http://test") as http:
+        with pytest.raises(RuntimeError, match=r"pass lifespan=streamproc\.integrations"):
+            await http.get("/")
 
 
 async def test_aiohttp_requests_publish(ns: str, redis_url: str, redis: aioredis.Redis,
