@@ -3,8 +3,11 @@
     POST /v1/events    one event or an array (all or nothing); JSON or msgpack; 202 with event and stream ids
     GET  /healthz      the process is alive
     GET  /readyz       Redis answers and the app's consumer groups exist
-    GET  /metrics      Prometheus
+    GET  /metrics      Prometheus: the text format, or OpenMetrics if Accept asks for it
     GET  /openapi.json the contract, generated from the registered event types
+
+Every error is an RFC 9457 problem (application/problem+json; problems.py lists the types), aiohttp's own too:
+a missing route or method in the middleware, what its HTTP parser refuses in ProblemRequestHandler.
 """
 
 from __future__ import annotations
