@@ -250,7 +250,9 @@ class Ingest:
         prometheus_client's own HTTP server chooses, so the ingest and the workers answer alike."""
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
         body = await asyncio.to_thread(encoder, self.scrape)  # the state collector does blocking I/O
-        return web.Response(body=body, headers={"Content-Type": content_type, "Vary": "Accept"})
+        response = web.Response(body=body, headers={"Content-Type": content_type, "Vary": "Accept, Accept-Encoding"})
+        response.enable_compression()  # if Accept-Encoding allows, as prometheus_client's server does (gzip)
+        return response
 
     async def openapi_json(self, _: web.Request) -> web.Response:
         return web.Response(body=self.openapi, content_type="application/json")

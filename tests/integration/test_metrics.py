@@ -5,6 +5,7 @@ the ingest's own /metrics by status."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import os
 import platform
 import signal
@@ -361,6 +362,10 @@ async def test_ingest_metrics_negotiate_and_report_redis_up_or_down(ns: str, fre
         samples = await scrape_both(client, url)
         assert total(samples, "streamproc_events_published_total", type="card.added") == 1
         assert total(samples, "streamproc_redis_up") == 1
+        async with aiohttp.ClientSession(auto_decompress=False) as raw, \
+                raw.get(url, headers={"Accept-Encoding": "gzip"}) as resp:
+            assert resp.headers["Content-Encoding"] == "gzip"  # as prometheus_client's own server does
+            assert b"streamproc_build_info" in gzip.decompress(await resp.read())
         fresh_redis.stop()
         samples = await scrape_both(client, url)
         assert total(samples, "streamproc_redis_up") == 0
