@@ -82,4 +82,6 @@ def redis_client(settings: Settings) -> aioredis.Redis:
         socket_timeout=deadline, socket_connect_timeout=deadline, **options)
     # After parsing: the URL's scheme (rediss, unix) would override a class given to from_url.
     pool.connection_class = _connection_class(url)
-    return aioredis.Redis(connection_pool=pool)
+    # from_pool: the client owns the pool, so aclose() closes its connections too (Redis(connection_pool=...) leaves
+    # them open, and each App closed that way leaked its sockets until garbage collection).
+    return aioredis.Redis.from_pool(pool)

@@ -1,4 +1,5 @@
-"""Worker resources: opened before the first handler runs, closed only after in-flight handlers have finished."""
+"""App and worker resources: the App's connections close with it; worker resources are opened before the first
+handler runs and closed only after in-flight handlers have finished."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import contextvars
 from collections.abc import AsyncIterator
 
 import pytest
+import redis.asyncio as aioredis
 
 from streamproc import Backoff, Context, Event
+from tests.helpers import wait_for
 from tests.inproc import deadletters, open_app, partition, running
+from tests.redis_server import RedisServer
 
 
 class Ping(Event, tag="ping"):
@@ -125,3 +129,24 @@ async def test_a_handlers_own_timeout_does_not_touch_the_worker(ns: str, redis_u
             await worker.wait_for(lambda: outcomes == ["timed out"])
             await app.publish_many([Ping(n=1), Ping(n=2)])
             await worker.wait_for(lambda: sorted(outcomes) == ["done 1", "done 2", "timed out"])
+
+
+async def test_closing_the_app_closes_its_connections(ns: str, fresh_redis: RedisServer) -> None:
+    """aclose() closes the App's sockets (its client owns its pool), not garbage collection some time later."""
+    observer = aioredis.Redis.from_url(fresh_redis.url)
+
+    async def clients() -> int:
+        return int((await observer.info("clients"))["connected_clients"])
+
+    try:
+        alone = await clients()
+        async with open_app(ns, fresh_redis.url) as app:
+            await asyncio.gather(*(app.redis.ping() for _ in range(3)))  # a few connections at once
+            assert await clients() > alone
+
+        async def closed() -> bool:
+            return await clients() == alone
+
+        await wait_for(closed, timeout=5, message="the App's connections to close")
+    finally:
+        await observer.aclose()
