@@ -141,12 +141,14 @@ async def test_closing_the_app_closes_its_connections(ns: str, fresh_redis: Redi
     try:
         alone = await clients()
         async with open_app(ns, fresh_redis.url) as app:
-            await asyncio.gather(*(app.redis.ping() for _ in range(3)))  # a few connections at once
+            client = app.redis  # held, so that garbage collection cannot close its sockets for it
+            await asyncio.gather(*(client.ping() for _ in range(3)))  # a few connections at once
             assert await clients() > alone
 
         async def closed() -> bool:
             return await clients() == alone
 
         await wait_for(closed, timeout=5, message="the App's connections to close")
+        assert client.connection_pool is not None
     finally:
         await observer.aclose()
