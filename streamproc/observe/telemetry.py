@@ -48,6 +48,11 @@ EV_RETRY = "streamproc.retry_scheduled"
 EV_DEAD_LETTER = "streamproc.dead_lettered"
 
 
+# Should a future API drop the private slot, tracing resolves at once to the API's proxy tracer: still correct (its
+# spans go to whichever provider is set later), only no longer free while none is.
+_NO_SLOT = object()
+
+
 class Tracing:
     """Whether tracing is on, decided from the global TracerProvider when it is set (possibly after the App was
     built: by a web app at start-up, by `opentelemetry-instrument`, by the CLI's edge set-up).
@@ -69,7 +74,7 @@ class Tracing:
     def tracer(self) -> Tracer | None:
         """streamproc's tracer, or None while tracing is off (no provider, or a no-op one such as the SDK's under
         OTEL_SDK_DISABLED=true)."""
-        if self._resolved or trace_api._TRACER_PROVIDER is None:
+        if self._resolved or getattr(trace_api, "_TRACER_PROVIDER", _NO_SLOT) is None:
             return self._tracer
         return self._resolve()
 
