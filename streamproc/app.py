@@ -149,11 +149,12 @@ class App:
         return self._publisher
 
     async def publish(self, event: Event, *, event_id: str | None = None,
-                      partition_key: str | None = None) -> Published:
-        """Append one event. Give `event_id` to make re-publishing it within the dedup window a no-op.
+                      partition_key: str | None = None, priority: int | None = None) -> Published:
+        """Append one event. Give `event_id` to make re-publishing it within the dedup window a no-op, `priority`
+        to choose its lane (a type with priority lanes: 0 is the most urgent; default: its `default_priority`).
 
         Concurrent calls share pipelined round trips: a call waits at most for the append in flight before it."""
-        prepared = self.publisher.prepare([Outgoing(event, event_id, partition_key)])
+        prepared = self.publisher.prepare([Outgoing(event, event_id, partition_key, priority=priority)])
         if self._coalescer is None:
             self._coalescer = Coalescer(self.publisher, self.settings.ingest_coalesce_max, atomic=False)
         return (await self._coalescer.submit(prepared))[0]

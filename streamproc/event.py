@@ -22,10 +22,18 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     Fields are data only; the event id, time and trace context travel in the stream entry beside it.
     Class variables choose the partitioning: `partitions` streams per type (default 1), routed by
     `crc32(str(getattr(event, partition_key))) % partitions`. Without a partition key, one partition.
+    `priorities` > 1 gives each partition that many lanes, 0 the most urgent (read first, see worker/consume.py);
+    an event goes to the lane its publish names (`priority=`), else to `default_priority` (None: the middle lane).
     """
 
     partitions: ClassVar[int] = 1
     partition_key: ClassVar[str | None] = None
+    priorities: ClassVar[int] = 1
+    default_priority: ClassVar[int | None] = None
+
+
+# Lanes a type may have: each is a stream that every read of the type's groups visits, so a few are plenty.
+MAX_PRIORITIES = 16
 
 
 def event_tag(event_type: type[Event]) -> str:
@@ -48,7 +56,36 @@ def check_event_type(event_type: type[Event]) -> str:
     key = event_type.partition_key
     if event_type.partitions > 1 and key not in event_type.__struct_fields__:
         raise ConfigError(f"{event_type.__name__} has several partitions: partition_key must name one of its fields")
+    _check_priorities(event_type)
     return tag
+
+
+def _check_priorities(event_type: type[Event]) -> None:
+    name, lanes, default = event_type.__name__, event_type.priorities, event_type.default_priority
+    if isinstance(lanes, bool) or not isinstance(lanes, int) or not 1 <= lanes <= MAX_PRIORITIES:
+        raise ConfigError(f"{name}.priorities must be an int from 1 (no lanes) to {MAX_PRIORITIES}, got {lanes!r}")
+    if default is not None and (isinstance(default, bool) or not isinstance(default, int)
+                                or not 0 <= default < lanes):
+        raise ConfigError(f"{name}.default_priority must be None (the middle lane) or a lane from 0 to "
+                          f"{lanes - 1}, got {default!r}")
+
+
+def lane_of(event: Event, priority: int | None) -> int | None:
+    """The lane an event is published to: `priority`, else its type's default; None for a type without lanes.
+    A priority the type has no lane for is an InvalidEvent (raised at publish, before anything is sent)."""
+    lanes = event.priorities
+    if lanes == 1:
+        if priority is None:
+            return None
+        raise InvalidEvent(f"{type(event).__name__} has no priority lanes (priorities = 1): publish it without "
+                           "priority=, or give the type `priorities: ClassVar[int] = N`")
+    if priority is None:
+        default = event.default_priority
+        return lanes // 2 if default is None else default
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority < lanes:
+        raise InvalidEvent(f"priority {priority!r} is not a lane of {type(event).__name__}: its lanes are 0 (most "
+                           f"urgent) to {lanes - 1}")
+    return priority
 
 
 def partition_of(event: Event, override: str | None = None) -> int:

@@ -18,6 +18,17 @@
                                                stream does not (refreshed by maintenance)
     {ns}:trimlock:{card.added:3}               the consumer trimming the stream now (expires after one interval)
 
+A type with priority lanes (`Event.priorities` > 1) has one stream per lane of each partition, with the
+partition's hash tag (so every lane of a partition is in one slot, on Cluster too), and every key above except
+the dedup marker belongs to one lane: the lane's own retry set, attempts, leases, dead-letter stream, group
+registry and checkpoints, as for any stream. A type without lanes keeps the keys above exactly.
+
+    {ns}:ev:{notify.reset:3}:lane0             the stream of lane 0 (most urgent) of partition 3
+    {ns}:retry:{notify.reset:3}:lane0:{group}  its retry set; likewise attempts, leases, retried, starts, dlq
+    {ns}:groups:{notify.reset:3}:lane0         its group registry; likewise declared, checkpoints, trimlock
+    {ns}:dedup:{notify.reset:3}:{event id}     one marker per partition: an event id is published once, whatever
+                                               its lane
+
 Keys of no partition: {ns}:once:{group}:{event id}:{scope} (Context.once markers) and, at the ingest,
 {ns}:idem:{caller}:{sha256 of an Idempotency-Key} (the body fingerprint the key was first used with).
 """
@@ -42,58 +53,70 @@ class PartitionKeys:
     ns: str
     tag: str
     partition: int
+    lane: int | None = None  # the priority lane (0: most urgent), None for a type without lanes
     hash_tag: str = field(init=False, repr=False, compare=False)
+    # What names this stream in its keys: the hash tag, plus ":lane<n>" for a lane (see the module docstring).
+    scope: str = field(init=False, repr=False, compare=False)
     stream: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hash_tag", f"{{{self.tag}:{self.partition}}}")
-        object.__setattr__(self, "stream", f"{self.ns}:ev:{self.hash_tag}")
+        scope = self.hash_tag if self.lane is None else f"{self.hash_tag}:lane{self.lane}"
+        object.__setattr__(self, "scope", scope)
+        object.__setattr__(self, "stream", f"{self.ns}:ev:{scope}")
 
     def retry(self, group: str) -> str:
-        return f"{self.ns}:retry:{self.hash_tag}:{group}"
+        return f"{self.ns}:retry:{self.scope}:{group}"
 
     def attempts(self, group: str) -> str:
-        return f"{self.ns}:attempts:{self.hash_tag}:{group}"
+        return f"{self.ns}:attempts:{self.scope}:{group}"
 
     def leases(self, group: str) -> str:
-        return f"{self.ns}:leases:{self.hash_tag}:{group}"
+        return f"{self.ns}:leases:{self.scope}:{group}"
 
     def retried(self, group: str) -> str:
-        return f"{self.ns}:retried:{self.hash_tag}:{group}"
+        return f"{self.ns}:retried:{self.scope}:{group}"
 
     def starts(self, group: str) -> str:
-        return f"{self.ns}:starts:{self.hash_tag}:{group}"
+        return f"{self.ns}:starts:{self.scope}:{group}"
 
     def deadletter(self, group: str) -> str:
-        return f"{self.ns}:dlq:{self.hash_tag}:{group}"
+        return f"{self.ns}:dlq:{self.scope}:{group}"
 
     def dedup(self, event_id: str) -> str:
         return f"{self.ns}:dedup:{self.hash_tag}:{event_id}"
 
     def groups(self) -> str:
-        return f"{self.ns}:groups:{self.hash_tag}"
+        return f"{self.ns}:groups:{self.scope}"
 
     def declared(self) -> str:
-        return f"{self.ns}:declared:{self.hash_tag}"
+        return f"{self.ns}:declared:{self.scope}"
 
     def checkpoints(self) -> str:
-        return f"{self.ns}:checkpoints:{self.hash_tag}"
+        return f"{self.ns}:checkpoints:{self.scope}"
 
     def trim_lock(self) -> str:
-        return f"{self.ns}:trimlock:{self.hash_tag}"
+        return f"{self.ns}:trimlock:{self.scope}"
 
     @classmethod
     def of_stream(cls, stream: str) -> PartitionKeys:
-        """The keys of the partition whose stream key is `stream` (namespaces and tags hold no colons or braces)."""
+        """The keys of the stream `stream` (a partition's, or a lane's: namespaces and tags hold no colons or
+        braces)."""
         ns, sep, rest = stream.partition(":ev:{")
-        tag, colon, partition = rest.removesuffix("}").rpartition(":")
-        if not (sep and colon and rest.endswith("}") and partition.isdigit()):
+        inside, brace, after = rest.partition("}")
+        tag, colon, partition = inside.rpartition(":")
+        lane = after.removeprefix(":lane")
+        if not (sep and brace and colon and partition.isdigit() and (not after or (after != lane and lane.isdigit()))):
             raise ValueError(f"{stream!r} is not a streamproc stream key")
-        return cls(ns, tag, int(partition))
+        return cls(ns, tag, int(partition), int(lane) if after else None)
 
 
-def partition_keys(ns: str, tag: str, partitions: int) -> list[PartitionKeys]:
-    return [PartitionKeys(ns, tag, p) for p in range(partitions)]
+def partition_keys(ns: str, tag: str, partitions: int, lanes: int = 1) -> list[PartitionKeys]:
+    """The keys of every stream of a type: one per partition, or with lanes one per lane of each partition,
+    partition by partition, lane 0 first (so that `[p * lanes + lane]` finds one)."""
+    if lanes == 1:
+        return [PartitionKeys(ns, tag, p) for p in range(partitions)]
+    return [PartitionKeys(ns, tag, p, lane) for p in range(partitions) for lane in range(lanes)]
 
 
 def _crc16(data: bytes) -> int:

@@ -16,8 +16,12 @@ StartAt = Literal["new", "all"]
 
 @dataclass(slots=True)
 class TypeRoute:
-    """One event type: its codec, its partitions' keys, and the groups that consume it (group -> start): `groups`
-    those with a handler in this app, `declared` those this app only feeds (`App.register(..., groups=...)`)."""
+    """One event type: its codec, its streams' keys, and the groups that consume it (group -> start): `groups`
+    those with a handler in this app, `declared` those this app only feeds (`App.register(..., groups=...)`).
+
+    `partitions` holds the keys of every stream of the type: one per partition, or, for a type with priority lanes
+    (`lanes` > 1), one per lane of each partition, partition by partition, lane 0 first. Whatever walks every
+    stream (group creation, trimming, metrics, inventory) walks the lanes with it; `keys_for` finds one."""
 
     event_type: type[Event]
     tag: str
@@ -25,6 +29,11 @@ class TypeRoute:
     partitions: list[PartitionKeys]
     groups: dict[str, StartAt] = field(default_factory=dict)
     declared: dict[str, StartAt] = field(default_factory=dict)
+    lanes: int = 1
+
+    def keys_for(self, partition: int, lane: int | None) -> PartitionKeys:
+        """The stream of a partition (lane None) or of one lane of it (checked by event.lane_of)."""
+        return self.partitions[partition] if lane is None else self.partitions[partition * self.lanes + lane]
 
     def all_groups(self) -> dict[str, StartAt]:
         """Every group this app declares on the type, with or without a handler here."""
@@ -47,7 +56,9 @@ class Topology:
         if other is not None:
             # ConfigError, not ValueError: a declaration error like every other one (STYLE: one error base).
             raise ConfigError(f"tag {tag!r} is used by both {other.event_type.__name__} and {event_type.__name__}")
-        route = TypeRoute(event_type, tag, EventCodec(event_type), partition_keys(self.ns, tag, event_type.partitions))
+        lanes = event_type.priorities
+        keys = partition_keys(self.ns, tag, event_type.partitions, lanes)
+        route = TypeRoute(event_type, tag, EventCodec(event_type), keys, lanes=lanes)
         self.by_tag[tag] = route
         self.by_type[event_type] = route
         return route

@@ -11,7 +11,7 @@ from redis.exceptions import RedisError
 
 from ..codec import encode_event, entry_fields
 from ..errors import PublishError
-from ..event import Event, check_event_id, new_event_id, partition_of
+from ..event import Event, check_event_id, lane_of, new_event_id, partition_of
 from ..keys import PartitionKeys
 from ..redis.resp import EXEC, MULTI, pack_fields, text, xadd_prefix
 from ..topology import ORPHAN_AFTER_MS, StartAt, Topology, TypeRoute
@@ -25,10 +25,15 @@ BACKLOG_COUNT_MAX = 10_000
 
 
 def route_entry(topology: Topology, event: Event, event_id: str | None, partition_key: str | None,
-                ) -> tuple[TypeRoute, PartitionKeys, str, Fields]:
-    """The route, partition, event id (checked, or a new one) and entry fields of one event to publish."""
+                priority: int | None = None) -> tuple[TypeRoute, PartitionKeys, str, Fields]:
+    """The route, stream (its partition's, or its lane's), event id (checked, or a new one) and entry fields of
+    one event to publish."""
     route = topology.route(type(event))
-    keys = route.partitions[partition_of(event, partition_key)]
+    partition = partition_of(event, partition_key)
+    if route.lanes == 1 and priority is None:  # no lanes: today's path, with no call more
+        keys = route.partitions[partition]
+    else:
+        keys = route.keys_for(partition, lane_of(event, priority))
     event_id = check_event_id(event_id) if event_id is not None else new_event_id()
     return route, keys, event_id, entry_fields(event_id, route.tag, time.time_ns() // 1_000_000, encode_event(event))
 

@@ -56,6 +56,7 @@ class Outgoing(msgspec.Struct, frozen=True):
     event: Event
     event_id: str | None = None
     partition_key: str | None = None
+    priority: int | None = None  # the lane, for a type with priority lanes (0: most urgent); None: its default
 
 
 @dataclass(slots=True)
@@ -140,7 +141,8 @@ class Publisher:
                 metrics.published.labels(p.route.tag).inc()
 
     def _prepare(self, out: Outgoing) -> Prepared:
-        route, keys, event_id, fields = route_entry(self._topology, out.event, out.event_id, out.partition_key)
+        route, keys, event_id, fields = route_entry(self._topology, out.event, out.event_id, out.partition_key,
+                                                    out.priority)
         prepared = Prepared(keys, route, event_id, fields, dedup=out.event_id is not None)
         tracer = self._instruments.tracing.tracer()  # None while no TracerProvider is set: one cheap check
         if tracer is not None:

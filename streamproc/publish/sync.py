@@ -120,9 +120,11 @@ class SyncPublisher:
     def redis(self) -> redis.Redis:
         return self._redis
 
-    def publish(self, event: Event, *, event_id: str | None = None, partition_key: str | None = None) -> Published:
-        """Append one event. Give `event_id` to make re-publishing it within the dedup window a no-op."""
-        return self.publish_many([Outgoing(event, event_id, partition_key)])[0]
+    def publish(self, event: Event, *, event_id: str | None = None, partition_key: str | None = None,
+                priority: int | None = None) -> Published:
+        """Append one event. Give `event_id` to make re-publishing it within the dedup window a no-op, `priority`
+        to choose its lane (a type with priority lanes)."""
+        return self.publish_many([Outgoing(event, event_id, partition_key, priority)])[0]
 
     def publish_many(self, items: Iterable[Event | Outgoing], *, atomic: bool = False) -> list[Published]:
         """Append many events in one pipelined round trip (plus one to create groups on a stream's first use).
@@ -159,7 +161,8 @@ class SyncPublisher:
         self.close()
 
     def _prepare(self, out: Outgoing) -> Prepared:
-        route, keys, event_id, fields = route_entry(self._topology, out.event, out.event_id, out.partition_key)
+        route, keys, event_id, fields = route_entry(self._topology, out.event, out.event_id, out.partition_key,
+                                                    out.priority)
         prepared = Prepared(keys, route, event_id, fields, dedup=out.event_id is not None)
         tracer = self._instruments.tracing.tracer()
         if tracer is not None:
