@@ -9,8 +9,9 @@ import argparse
 import asyncio
 import signal
 
-import uvloop
 from aiohttp import web
+
+from streamproc import eventloop
 
 BODY = b'{"events": []}'
 
@@ -41,7 +42,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    uvloop.run(serve(args.host, args.port))
+    eventloop.run(serve(args.host, args.port))
 
 
 if __name__ == "__main__":

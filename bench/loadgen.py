@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-import uvloop
 
 from bench.procs import call
+from streamproc import eventloop
 
 LUA = """wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -70,7 +70,7 @@ def _wrk(load: Load, work_dir: Path) -> LoadResult:
 
 
 def client_main(load: Load) -> LoadResult:
-    return uvloop.run(_client(load))
+    return eventloop.run(_client(load))
 
 
 async def _client(load: Load) -> LoadResult:

@@ -12,12 +12,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import uvloop
-
 from bench.apps import soak_app, timed_app
 from bench.events import tick
 from bench.procs import wait_for_go
-from streamproc import Settings
+from streamproc import Settings, eventloop
 
 MAX_BATCH = 1000
 
@@ -39,7 +37,7 @@ class Paced:
 
 def paced_main(job: PacedJob) -> Paced:
     wait_for_go(job.redis_url)
-    return uvloop.run(_paced(job))
+    return eventloop.run(_paced(job))
 
 
 async def _paced(job: PacedJob) -> Paced:

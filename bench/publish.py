@@ -12,7 +12,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-import uvloop
 
 from bench import charts, raw
 from bench.apps import noop_app
@@ -21,7 +20,7 @@ from bench.events import tick
 from bench.procs import call
 from bench.redis_server import fresh_redis
 from bench.report import Check, Runs, Section, check_at_least, median, rate_table, ratio_text
-from streamproc import App, Settings
+from streamproc import App, Settings, eventloop
 
 TASKS = 100
 
@@ -64,7 +63,7 @@ class PublishJob:
 
 def publish_main(job: PublishJob) -> dict[str, float]:
     """Child process: every case once; events/s per case."""
-    return uvloop.run(_measure_all(job))
+    return eventloop.run(_measure_all(job))
 
 
 async def _publish_awaited(app: App, n: int) -> float:

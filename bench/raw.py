@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import msgspec
 import redis.asyncio as aioredis
-import uvloop
 
 from bench.events import STREAM, Tick, raw_fields, tick
 from bench.procs import wait_for_go
+from streamproc import eventloop
 
 READ_COUNT = 500
 
@@ -97,7 +97,7 @@ class RawConsumeJob:
 def consume_main(job: RawConsumeJob) -> None:
     """Child process: consume until the stream has nothing new for this group."""
     wait_for_go(job.redis_url)
-    uvloop.run(_consume(job))
+    eventloop.run(_consume(job))
 
 
 def _noop(event: Tick, event_id: str, occurred_at_ms: int) -> None:

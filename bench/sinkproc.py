@@ -9,9 +9,8 @@ import argparse
 import asyncio
 import signal
 
-import uvloop
-
 from handlers.sink import NotificationSink, SinkSettings
+from streamproc import eventloop
 
 
 async def serve(port: int) -> None:
@@ -26,7 +25,7 @@ async def serve(port: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.sinkproc")
     parser.add_argument("--port", type=int, required=True)
-    uvloop.run(serve(parser.parse_args().port))
+    eventloop.run(serve(parser.parse_args().port))
 
 
 if __name__ == "__main__":

@@ -13,10 +13,8 @@ import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import uvloop
-
 from bench.procs import wait_for_go
-from streamproc import App, run_worker
+from streamproc import App, eventloop, run_worker
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +39,7 @@ def worker_main(job: WorkerJob) -> None:
     app = load_app(job.app_path)
     app.settings = app.settings.replace(redis_url=job.redis_url, **job.settings)
     wait_for_go(job.redis_url)
-    uvloop.run(_serve(app, job.concurrency))
+    eventloop.run(_serve(app, job.concurrency))
     if job.latencies_out:
         from bench.apps import LATENCIES_US
 

@@ -9,8 +9,7 @@ import os
 import signal
 from collections.abc import Awaitable, Callable
 
-import uvloop
-
+from .. import eventloop
 from ..app import App
 from ..http.ingest import serve_ingest
 from ..redis.server import check_server
@@ -77,7 +76,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     instrument(app, "ingest")
     try:
         with listening(host, args.port):
-            uvloop.run(_until_signalled(lambda stop: serve_ingest(app, host, args.port, stop)))
+            eventloop.run(_until_signalled(lambda stop: serve_ingest(app, host, args.port, stop)))
     finally:
         app.instruments.tracing.shutdown()
     return 0

@@ -11,8 +11,7 @@ import signal
 import sys
 from collections.abc import Iterator
 
-import uvloop
-
+from .. import eventloop
 from ..app import App
 from ..http.ingest import serve_ingest
 from ..worker.supervisor import WorkerSpec, instrument, prepared_app
@@ -76,6 +75,6 @@ def cmd_dev(args: argparse.Namespace) -> int:
         app = prepared_app(spec)
         app.settings = app.settings.replace(redis_url=redis_url, ingest_auth_disabled=True)
         instrument(app, "ingest")
-        status = uvloop.run(_run(app, args, redis_url))
+        status = eventloop.run(_run(app, args, redis_url))
     log.info("dev stopped")
     return status

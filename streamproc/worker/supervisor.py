@@ -16,10 +16,10 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-import uvloop
 from prometheus_client import REGISTRY, start_http_server
 from prometheus_client import multiprocess as prometheus_multiprocess
 
+from .. import eventloop
 from ..app import App
 from ..errors import ConfigError, StreamprocError
 from ..observe.logs import configure_logging
@@ -74,14 +74,14 @@ def prepared_app(spec: WorkerSpec) -> App:
 
 
 def run_child(spec: WorkerSpec, serve_metrics: bool = False) -> None:
-    """Entry point of one worker process: a uvloop event loop until SIGTERM/SIGINT, then a graceful drain.
+    """Entry point of one worker process: an event loop (eventloop.run) until SIGTERM/SIGINT, then a graceful drain.
     `serve_metrics`: this process serves /metrics itself (an --inline worker); children of a supervisor only
     record metrics (multiprocess files) and the supervisor serves them."""
     configure_logging(spec.log_level, spec.log_format)
     app = prepared_app(spec)
     instrument(app, "worker", serve_metrics)
     try:
-        uvloop.run(_serve(app, spec))
+        eventloop.run(_serve(app, spec))
     finally:
         app.instruments.tracing.shutdown()
 

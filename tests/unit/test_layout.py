@@ -27,7 +27,8 @@ ALLOWED: dict[str, set[str]] = {
     "integrations": {TOP, "publish"},
     "testing": {TOP, "redis", "publish", "worker", "devtools"},
 }
-SHARED_TOP = {"event", "codec", "keys", "topology", "context", "errors", "settings", "backoff", "version"}
+SHARED_TOP = {"event", "codec", "keys", "topology", "context", "errors", "settings", "backoff", "version",
+              "eventloop"}
 
 
 def modules() -> list[str]:
@@ -60,7 +61,10 @@ def _imports(path: Path) -> list[str]:
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = list(here[: len(here) - (node.level - 1)])
-                out.append(".".join([*base, node.module or ""]).strip("."))
+                if node.module:
+                    out.append(".".join([*base, node.module]))
+                else:  # `from .. import eventloop`: each name is a module
+                    out += [".".join([*base, a.name]) for a in node.names]
             elif node.module and node.module.startswith("streamproc."):
                 out.append(node.module.removeprefix("streamproc."))
         elif isinstance(node, ast.Import):
