@@ -21,7 +21,7 @@ import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Protocol, Self
 
 import redis
 from redis.exceptions import RedisError
@@ -30,7 +30,7 @@ from ..errors import BacklogFull, PublishError
 from ..event import Event
 from ..observe.instruments import Instruments
 from ..observe.telemetry import end_span, start_send
-from ..redis.connection import KEEPALIVE, command_deadline_s
+from ..redis.connection import sync_redis_client
 from ..redis.scripts import BACKLOG, ENSURE_GROUP, PUBLISH_ONCE
 from ..settings import Settings
 from ..topology import StartAt, Topology
@@ -57,19 +57,6 @@ class PublishingApp(Protocol):
     topology: Topology
     settings: Settings
     instruments: Instruments
-
-
-def sync_redis_client(settings: Settings) -> redis.Redis:
-    """A sync client like the App's async one: a blocking pool (callers wait for a free connection), a deadline on
-    every call, TCP keepalive, bytes in and out."""
-    deadline = command_deadline_s(settings)
-    options: dict[str, Any] = {"socket_keepalive": True, "socket_keepalive_options": KEEPALIVE}
-    if settings.redis_url.startswith("unix:"):
-        options = {}
-    pool = redis.BlockingConnectionPool.from_url(
-        settings.redis_url, max_connections=settings.redis_max_connections, timeout=30, health_check_interval=30,
-        socket_timeout=deadline, socket_connect_timeout=deadline, **options)
-    return redis.Redis(connection_pool=pool)
 
 
 @dataclass(slots=True)

@@ -15,6 +15,7 @@ import socket
 from typing import Any
 from urllib.parse import urlsplit
 
+import redis
 import redis.asyncio as aioredis
 from redis import exceptions as rx
 from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection, UnixDomainSocketConnection
@@ -70,18 +71,36 @@ def read_deadline_s(settings: Settings, block_ms: int) -> float:
     return block_ms / 1000 + command_deadline_s(settings)
 
 
+# How long a caller waits for a free connection of a full pool before the call fails (redis' ConnectionError).
+POOL_WAIT_S = 30
+
+
+def _pool_options(settings: Settings) -> dict[str, Any]:
+    """What both clients' blocking pools are made with: its size and wait, a deadline on every call, TCP keepalive
+    (not on a Unix socket, which has none)."""
+    deadline = command_deadline_s(settings)
+    options: dict[str, Any] = {
+        "max_connections": settings.redis_max_connections, "timeout": POOL_WAIT_S, "health_check_interval": 30,
+        "socket_timeout": deadline, "socket_connect_timeout": deadline}
+    if urlsplit(settings.redis_url).scheme != "unix":
+        options |= {"socket_keepalive": True, "socket_keepalive_options": KEEPALIVE}
+    return options
+
+
 def redis_client(settings: Settings) -> aioredis.Redis:
     """A client on a blocking pool (callers wait for a free connection rather than fail), bytes in and out."""
     url = settings.redis_url
-    deadline = command_deadline_s(settings)
-    options: dict[str, Any] = {"socket_keepalive": True, "socket_keepalive_options": KEEPALIVE}
-    if _connection_class(url) is UnixConnection:
-        options = {}
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=settings.redis_max_connections, timeout=30, health_check_interval=30,
-        socket_timeout=deadline, socket_connect_timeout=deadline, **options)
+    pool = aioredis.BlockingConnectionPool.from_url(url, **_pool_options(settings))
     # After parsing: the URL's scheme (rediss, unix) would override a class given to from_url.
     pool.connection_class = _connection_class(url)
     # from_pool: the client owns the pool, so aclose() closes its connections too (Redis(connection_pool=...) leaves
     # them open, and each App closed that way leaked its sockets until garbage collection).
     return aioredis.Redis.from_pool(pool)
+
+
+def sync_redis_client(settings: Settings) -> redis.Redis:
+    """A sync client like `redis_client`'s, for SyncPublisher: the same pool options. redis-py's sync connections
+    need no write deadline of ours (a blocking socket's timeout covers writes too), so from_url's class per scheme
+    is right. from_pool, as above: close() then closes the pool's connections."""
+    pool = redis.BlockingConnectionPool.from_url(settings.redis_url, **_pool_options(settings))
+    return redis.Redis.from_pool(pool)

@@ -15,9 +15,11 @@ import redis.asyncio as aioredis
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-from streamproc import App, BacklogFull, Context, Event, Outgoing, Published, SyncPublisher
+from streamproc import App, BacklogFull, Context, Event, Outgoing, Published, Settings, SyncPublisher
+from tests.helpers import wait_for
 from tests.inproc import Calls, handler_recording, open_app, partition, running, settled
 from tests.otel import parent_id, recorded_spans
+from tests.redis_server import RedisServer
 
 THREADS = 6
 PER_THREAD = 150
@@ -221,3 +223,29 @@ async def test_sync_publish_inside_a_span_carries_its_trace(ns: str, redis_url: 
         assert producer.context.trace_id == outer.get_span_context().trace_id
         [(_, fields)] = await redis.xrange(published.stream)
         assert fields[b"traceparent"].decode().split("-")[1] == f"{producer.context.trace_id:032x}"
+
+
+async def test_closing_the_publisher_closes_its_connections(ns: str, fresh_redis: RedisServer) -> None:
+    """close() closes the sockets of the client the publisher made (it owns its pool), not garbage collection."""
+    observer = aioredis.Redis.from_url(fresh_redis.url)
+
+    async def clients() -> int:
+        return int((await observer.info("clients"))["connected_clients"])
+
+    try:
+        alone = await clients()
+        app = App(ns, settings=Settings(redis_url=fresh_redis.url))
+        app.register(Noted, groups=["audit"])
+        publisher = SyncPublisher(app)
+        client = publisher.redis  # held, so that garbage collection cannot close its sockets for it
+        in_threads(3, lambda i: publisher.publish(Noted(source="close", n=i)))  # a few connections at once
+        assert await clients() > alone
+        publisher.close()
+
+        async def closed() -> bool:
+            return await clients() == alone
+
+        await wait_for(closed, timeout=5, message="the publisher's connections to close")
+        assert client.connection_pool is not None
+    finally:
+        await observer.aclose()
