@@ -1,0 +1,195 @@
+"""Moving delayed events to their streams when due: every worker process does it, there is no leader.
+
+Each process polls the namespace's delayed index (redis/lua/delayed_due.lua: one call, by Redis's clock, whatever
+the number of types and partitions) every `delayed_poll_ms`, or sooner when the next due time is nearer. For each
+partition with something due it moves a batch (redis/lua/move_delayed.lua: due -> XADD -> removed, atomically, so
+two processes moving the same partition append each event once), then sets the partition's index score to what
+the move left, by compare-and-set against the version it polled (delayed_reindex.lua; see publish/delayed.py).
+
+The index is a hint beside the partitions (another slot), so it can be wrong in one direction only, and each way
+it can is closed:
+- A publisher's touch that comes after a mover's poll changes the version: the mover's compare-and-set does
+  nothing, and the index keeps the touch's lower score. A touch that comes before the poll is seen by the move.
+- A mover killed between its move and its compare-and-set leaves the index score as it was, lower than or equal to
+  what is left: the partition is polled again at once, and the next mover sets it right.
+- A score lower than needed (a cancel, another mover's later move) costs one empty move, never a late event.
+- A publisher killed between scheduling and touching the index (or Redis losing the index but not the
+  partitions): each process checks one partition of its app every SWEEP_EVERY polls (a constant cost, whatever
+  the number of partitions) and rebuilds the index for every partition of its app at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..app import App
+from ..keys import PartitionKeys, delayed_index
+from ..publish.delayed import partition_of_member, touch_call
+from ..publish.groups import Wanted, ensure_declared
+from ..redis.errors import FatalRedisError
+from ..redis.resp import text
+from ..redis.scripts import DELAYED_DUE, DELAYED_REINDEX, DELAYED_TOUCH, MOVE_DELAYED
+from .loops import Recovery, repeat
+
+log = logging.getLogger(__name__)
+
+# Partitions one poll returns at most (the others are due too, and come with the next poll, at once).
+POLL_PARTITIONS = 100
+# Polls between two checks of one of the app's partitions against the index (about once a second at 50 ms).
+SWEEP_EVERY = 20
+# The shortest pause between polls when the next due time is nearer than the poll interval.
+MIN_PAUSE_S = 0.002
+
+
+@dataclass(slots=True)
+class Partition:
+    """A partition whose delayed events this process moves: its (lane-less) keys, the streams its events may go
+    to (its lanes', learned from the store if this app does not know the type), and whether a stream may be
+    created by the move (only when no group is declared on it anywhere: else it is made with its groups first)."""
+
+    keys: PartitionKeys
+    streams: list[str] = field(default_factory=list)
+    nomkstream: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """A partition the index says has something due, and the version of its index entry then."""
+
+    member: str
+    version: str
+
+
+class Promoter:
+    """One process's mover: the polls, moves and index updates of redis/lua/*delayed*.lua."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.redis = app.redis
+        self.index = list(delayed_index(app.name))
+        self.partitions: dict[str, Partition] = {}
+        for route in app.topology.by_tag.values():
+            for keys in route.partitions:
+                part = self._partition(keys.member)
+                if keys.stream not in part.streams:
+                    part.streams.append(keys.stream)
+        self.sweep_order = sorted(self.partitions)
+        self.polls = 0
+        self._due = self.redis.register_script(DELAYED_DUE)
+        self._move = self.redis.register_script(MOVE_DELAYED)
+        self._reindex = self.redis.register_script(DELAYED_REINDEX)
+        self._touch = self.redis.register_script(DELAYED_TOUCH)
+
+    def _partition(self, member: str) -> Partition:
+        part = self.partitions.get(member)
+        if part is None:
+            keys = partition_of_member(self.app.name, member)
+            part = self.partitions[member] = Partition(keys, [keys.stream])
+        return part
+
+    async def rebuild(self, chosen: Sequence[str] | None = None) -> int:
+        """Put every partition of the app (or those chosen) that holds delayed events into the index, at its
+        earliest due (after Redis lost the index, or a publisher died before touching it). Returns how many."""
+        names = list(chosen if chosen is not None else self.sweep_order)
+        if not names:
+            return 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for member in names:
+                pipe.zrange(self.partitions[member].keys.delayed(), 0, 0, withscores=True)
+            firsts = await pipe.execute()
+        touches = {m: int(first[0][1]) for m, first in zip(names, firsts, strict=True) if first}
+        if touches:
+            keys, args = touch_call(self.app.name, touches)
+            await self._touch(keys=keys, args=args)
+        return len(touches)
+
+    async def step(self) -> float:
+        """One poll, and the moves it calls for; returns the pause before the next."""
+        settings = self.app.settings
+        now, later, flat = await self._due(keys=self.index, args=[POLL_PARTITIONS])
+        self.polls += 1
+        if self.polls % SWEEP_EVERY == 0 and self.sweep_order:
+            await self.rebuild([self.sweep_order[(self.polls // SWEEP_EVERY) % len(self.sweep_order)]])
+        next_due = [float(later)] if later else []
+        due = [Due(text(flat[i]), text(flat[i + 2])) for i in range(0, len(flat), 3)]
+        if due:
+            again, left = await self.move(due)
+            if again:
+                return 0.0
+            next_due += left
+        pause = settings.delayed_poll_ms / 1000
+        if next_due:
+            pause = min(pause, max(MIN_PAUSE_S, (min(next_due) - float(now)) / 1000))
+        return pause
+
+    async def move(self, due: list[Due]) -> tuple[bool, list[float]]:
+        """Move one batch of each due partition, then update their index entries. Returns whether to poll again at
+        once (a batch was full, or a stream had to be learned or recreated) and the earliest dues left."""
+        batch = self.app.settings.delayed_batch
+        parts = [self._partition(d.member) for d in due]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for part in parts:
+                await self._move(keys=[part.keys.delayed(), part.keys.delayed_entries(), *part.streams],
+                                 args=[batch, int(part.nomkstream)], client=pipe)
+            replies: list[Any] = await pipe.execute()
+        again, left = False, []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for d, part, (moved, state, stream, first) in zip(due, parts, replies, strict=True):
+                again = await self._after_move(part, int(moved), text(state), text(stream)) or again
+                if first:
+                    left.append(float(first))
+                await self._reindex(keys=self.index, args=[d.member, d.version, text(first)], client=pipe)
+            await pipe.execute()
+        return again, left
+
+    async def _after_move(self, part: Partition, moved: int, state: str, stream: str) -> bool:
+        """Learn a stream the store names, or recreate a vanished one with its groups; True to move again now."""
+        if state == "unknown":
+            if part.keys.hash_tag not in stream:  # never a key of another slot: it is not ours to append to
+                log.error("a delayed event in %s names the stream %s of another partition; it stays there",
+                          part.keys.delayed(), stream)
+                return False
+            part.streams.append(stream)
+            return True
+        if state == "missing":
+            await self._recreate(part, stream)
+            return True
+        return moved >= self.app.settings.delayed_batch
+
+    async def _recreate(self, part: Partition, stream: str) -> None:
+        """A stream vanished while delayed events waited for it (Redis lost it): create its declared groups first
+        (this app's and the registry's), as a publisher does, so the moved events are not appended to a stream
+        without its groups. A stream no group is declared on anywhere is made by the move, as by a publish."""
+        keys = PartitionKeys.of_stream(stream)
+        route = self.app.topology.by_tag.get(keys.tag)
+        wanted = Wanted(keys, route.all_groups() if route is not None else {})
+        declared = (await ensure_declared(self.redis, [wanted]))[keys]
+        log.warning("stream %s vanished while delayed events waited for it (did Redis lose its data?); created its "
+                    "groups %s again before appending them", stream, sorted(declared))
+        if not declared:
+            part.nomkstream = False
+
+
+async def promote(app: App, stopping: asyncio.Event, on_fatal: Callable[[FatalRedisError], None]) -> None:
+    """Move due delayed events until stopped (after rebuilding the index for the app's partitions)."""
+    promoter = Promoter(app)
+    rebuilt = False
+
+    async def step() -> float:
+        nonlocal rebuilt
+        if not rebuilt:
+            found = await promoter.rebuild()
+            rebuilt = True
+            if found:
+                log.info("delayed events wait in %d partition(s) of %s", found, app.name)
+        return await promoter.step()
+
+    async def nothing() -> None:  # the move recreates vanished streams itself (Promoter._recreate)
+        return None
+
+    await repeat("moving delayed events", step, stopping, Recovery(nothing, on_fatal))
+

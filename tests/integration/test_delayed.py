@@ -1,0 +1,298 @@
+"""Delayed events against a real redis-server: appended at their due time (never before) to their partition's
+stream, once, seen by every group; deduplicated, cancellable, bounded by max_delayed; traced from the publish to
+every handler run; moved by any number of movers once each; and the index that lets an idle worker poll one key is
+rebuilt when lost, and costs the same whatever the number of partitions."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import ClassVar
+
+import pytest
+import redis.asyncio as aioredis
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
+from streamproc import App, BacklogFull, Context, Event, InvalidEvent, Outgoing, partition_of
+from streamproc.keys import PartitionKeys, delayed_index
+from streamproc.redis.errors import FatalRedisError
+from streamproc.worker.promote import Promoter, promote
+from tests.helpers import wait_for
+from tests.inproc import Calls, fast_settings, handler_recording, open_app, partition, running
+from tests.otel import Spans, parent_id, recorded_spans
+from tests.redis_server import RedisServer
+
+
+class Reminder(Event, tag="reminder.due"):
+    user_id: str
+
+
+class Sharded(Event, tag="sharded.due"):
+    partitions: ClassVar[int] = 4
+    partition_key: ClassVar[str | None] = "user_id"
+
+    user_id: str
+
+
+class WideA(Event, tag="wide.a"):
+    partitions: ClassVar[int] = 200
+    partition_key: ClassVar[str | None] = "k"
+
+    k: str
+
+
+class WideB(WideA, tag="wide.b"):
+    pass
+
+
+async def redis_ms(redis: aioredis.Redis) -> int:
+    seconds, micros = await redis.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+def fatal(error: FatalRedisError) -> None:
+    raise AssertionError(f"the mover stopped: {error}")
+
+
+async def nothing_waits(redis: aioredis.Redis, partitions: list[PartitionKeys]) -> bool:
+    """No delayed event waits in any of these partitions (moved, or cancelled)."""
+    for keys in partitions:
+        if await redis.zcard(keys.delayed()) or await redis.hlen(keys.delayed_entries()):
+            return False
+    return True
+
+
+async def appended_ids(redis: aioredis.Redis, stream: str) -> Counter[str]:
+    """How often each event id is in the stream."""
+    return Counter(fields[b"event_id"].decode() for _, fields in await redis.xrange(stream))
+
+
+async def test_not_handled_before_due_and_once_by_each_group(ns: str, redis_url: str, redis: aioredis.Redis) -> None:
+    handled_at: dict[tuple[str, str], list[int]] = {}
+
+    def recorder(group: str):  # type: ignore[no-untyped-def]
+        async def handle(event: Reminder, ctx: Context) -> None:
+            handled_at.setdefault((group, ctx.event_id), []).append(await redis_ms(ctx.redis))
+        return handle
+
+    async with open_app(ns, redis_url) as app:
+        app.handler(Reminder, group="email")(recorder("email"))
+        app.handler(Reminder, group="push")(recorder("push"))
+        stream = partition(app, Reminder).stream
+        async with running(app) as worker:
+            published = await app.publish_many([Outgoing(Reminder(user_id=f"u{i}"), delay=0.6) for i in range(20)])
+            assert all(p.scheduled and not p.appended and p.stream_id == "" and p.due_ms for p in published)
+            assert await redis.xlen(stream) == 0, "no group may see a delayed event before it is due"
+            await worker.wait_for(lambda: len(handled_at) == 40, timeout=10)
+            entries = {f[b"event_id"].decode(): int(i.split(b"-")[0]) for i, f in await redis.xrange(stream)}
+        for p in published:
+            assert p.due_ms is not None
+            assert entries[p.event_id] >= p.due_ms, "appended before its due time"
+            for group in ("email", "push"):
+                runs = handled_at[(group, p.event_id)]
+                assert len(runs) == 1, f"{p.event_id} ran {len(runs)} times in {group}"
+                assert runs[0] >= p.due_ms, f"{p.event_id} handled {p.due_ms - runs[0]} ms early in {group}"
+        assert await appended_ids(redis, stream) == Counter({p.event_id: 1 for p in published})
+
+
+async def test_at_delay_zero_and_invalid_due_times(ns: str, redis_url: str, redis: aioredis.Redis) -> None:
+    async with open_app(ns, redis_url) as app:
+        app.register(Reminder, groups=["g"])
+        soon = datetime.now(UTC) + timedelta(seconds=30)
+        at = await app.publish(Reminder(user_id="u1"), at=soon)
+        assert at.scheduled and at.due_ms == pytest.approx(soon.timestamp() * 1000, abs=1)
+        later = await app.publish(Reminder(user_id="u1"), delay=timedelta(minutes=5))
+        assert later.scheduled and later.due_ms is not None and later.due_ms > at.due_ms
+        now = await app.publish(Reminder(user_id="u1"), delay=0)
+        past = await app.publish(Reminder(user_id="u1"), at=datetime.now(UTC) - timedelta(hours=1))
+        assert now.appended and past.appended and now.stream_id and not now.scheduled
+        assert await redis.xlen(partition(app, Reminder).stream) == 2
+        with pytest.raises(InvalidEvent, match="naive datetime"):
+            await app.publish(Reminder(user_id="u1"), at=datetime(2030, 1, 1, 9))
+        with pytest.raises(InvalidEvent, match="not both"):
+            await app.publish(Reminder(user_id="u1"), delay=1.0, at=soon)
+        with pytest.raises(InvalidEvent, match="finite"):
+            await app.publish(Reminder(user_id="u1"), delay=float("nan"))
+        assert await redis.zcard(partition(app, Reminder).delayed()) == 2
+
+
+async def test_producer_given_id_is_scheduled_once(ns: str, redis_url: str, redis: aioredis.Redis) -> None:
+    calls = Calls()
+    async with open_app(ns, redis_url) as app:
+        app.handler(Reminder, group="g")(handler_recording(calls))
+        keys = partition(app, Reminder)
+        first = await app.publish(Reminder(user_id="u1"), event_id="remind-u1", delay=0.4)
+        again = await app.publish(Reminder(user_id="u1"), event_id="remind-u1", delay=30)
+        plain = await app.publish(Reminder(user_id="u1"), event_id="remind-u1")
+        assert first.scheduled and not again.scheduled and again.due_ms == first.due_ms
+        assert not plain.appended, "a plain publish of an id that waits is deduplicated too"
+        assert await redis.zcard(keys.delayed()) == 1
+        async with running(app) as worker:
+            await worker.wait_for(lambda: calls.total("g") == 1)
+            after = await app.publish(Reminder(user_id="u1"), event_id="remind-u1", delay=0.1)
+            assert not after.scheduled and not after.appended, "appended within the dedup window: not again"
+            sentinel = await app.publish(Reminder(user_id="u2"), delay=0.2)
+            await worker.wait_for(lambda: calls.of("g")[sentinel.event_id] == 1)
+        assert calls.of("g") == Counter({"remind-u1": 1, sentinel.event_id: 1})
+        assert await appended_ids(redis, keys.stream) == Counter({"remind-u1": 1, sentinel.event_id: 1})
+
+
+async def test_cancel_before_and_after_due(ns: str, redis_url: str, redis: aioredis.Redis) -> None:
+    calls = Calls()
+    async with open_app(ns, redis_url) as app:
+        app.handler(Reminder, group="g")(handler_recording(calls))
+        keys = partition(app, Reminder)
+        await app.publish(Reminder(user_id="u1"), event_id="c1", delay=0.3)
+        generated = await app.publish(Reminder(user_id="u1"), delay=0.3)
+        kept = await app.publish(Reminder(user_id="u2"), delay=0.5)
+        assert await app.cancel_delayed(Reminder, "c1") is True
+        assert await app.cancel_delayed(Reminder, generated.event_id) is True
+        assert await app.cancel_delayed(Reminder, "c1") is False, "cancelled already"
+        assert await app.cancel_delayed(Reminder, "never-scheduled") is False
+        again = await app.publish(Reminder(user_id="u1"), event_id="c1", delay=0.4)
+        assert again.scheduled, "a cancelled id may be scheduled again (its dedup marker went with it)"
+        assert await app.cancel_delayed(Reminder, "c1") is True
+        async with running(app) as worker:
+            await worker.wait_for(lambda: calls.of("g")[kept.event_id] == 1)  # due after both cancelled ones
+            assert await app.cancel_delayed(Reminder, kept.event_id) is False, "appended already"
+        assert calls.of("g") == Counter({kept.event_id: 1}), "a cancelled event must never run"
+        assert await redis.zcard(keys.delayed()) == 0 and await redis.hlen(keys.delayed_entries()) == 0
+
+
+async def test_max_delayed_refuses_at_publish_time(ns: str, redis_url: str, redis: aioredis.Redis) -> None:
+    async with open_app(ns, redis_url, max_delayed=5) as app:
+        app.register(Reminder, groups=["g"])
+        keys = partition(app, Reminder)
+        await app.publish_many([Outgoing(Reminder(user_id=f"u{i}"), delay=60) for i in range(4)])
+        with pytest.raises(BacklogFull) as full:
+            await app.publish_many([Outgoing(Reminder(user_id=f"v{i}"), delay=60) for i in range(2)])
+        assert full.value.limit == 5 and full.value.backlog == 4 and full.value.retriable
+        assert await redis.zcard(keys.delayed()) == 4, "a partition's events are scheduled all or none"
+        await app.publish(Reminder(user_id="w"), delay=60)
+        with pytest.raises(BacklogFull):
+            await app.publish(Reminder(user_id="x"), delay=60)
+        assert (await app.publish(Reminder(user_id="now"))).appended, "appending now is not limited by the store"
+        assert await redis.zcard(keys.delayed()) == 5
+
+
+async def test_partitioned_type_lands_in_its_partition(ns: str, redis_url: str, redis: aioredis.Redis) -> None:
+    calls = Calls()
+    async with open_app(ns, redis_url) as app:
+        app.handler(Sharded, group="g")(handler_recording(calls))
+        events = [Sharded(user_id=f"user{i}") for i in range(12)]
+        published = await app.publish_many([Outgoing(e, delay=0.3) for e in events])
+        parts = [partition_of(e) for e in events]
+        assert len(set(parts)) > 1
+        for p, part in zip(published, parts, strict=True):
+            assert p.stream == partition(app, Sharded, part).stream
+        cancel_by_key = await app.publish(Sharded(user_id="user99"), delay=0.3)
+        cancel_any = await app.publish(Sharded(user_id="user98"), delay=0.3)
+        assert await app.cancel_delayed(Sharded, cancel_by_key.event_id, partition_key="user99") is True
+        assert await app.cancel_delayed(Sharded, cancel_any.event_id) is True, "found in any partition"
+        async with running(app) as worker:
+            await worker.wait_for(lambda: calls.total("g") == 12)
+        for p, part in zip(published, parts, strict=True):
+            assert (await appended_ids(redis, partition(app, Sharded, part).stream))[p.event_id] == 1
+        assert calls.of("g") == Counter({p.event_id: 1 for p in published})
+
+
+async def test_consumer_spans_join_the_publishers_trace(ns: str, redis_url: str) -> None:
+    spans: Spans = recorded_spans()
+    calls = Calls()
+    async with open_app(ns, redis_url) as app:
+        app.handler(Reminder, group="g")(handler_recording(calls))
+        app.handler(Reminder, group="h")(handler_recording(calls))
+        with trace.get_tracer("test").start_as_current_span("request") as request:
+            published = await app.publish(Reminder(user_id="u1"), delay=0.2)
+        async with running(app) as worker:
+            await worker.wait_for(lambda: calls.total("g") + calls.total("h") == 2)
+            await wait_for(lambda: len(spans.of_kind(SpanKind.CONSUMER)) == 2)
+    producer = next(s for s in spans.of_kind(SpanKind.PRODUCER)
+                    if (s.attributes or {}).get("messaging.message.id") == published.event_id)
+    assert producer.context.trace_id == request.get_span_context().trace_id
+    for consumer in spans.of_kind(SpanKind.CONSUMER):
+        assert consumer.context.trace_id == producer.context.trace_id
+        assert parent_id(consumer) == producer.context.span_id
+
+
+async def test_many_movers_append_each_due_event_once(ns: str, redis_url: str, redis: aioredis.Redis) -> None:
+    """Five movers (each with its own connections) on 5,000 events due at once, small batches so they interleave."""
+    apps = [App(ns, settings=fast_settings(redis_url, delayed_batch=50)) for _ in range(5)]
+    try:
+        for app in apps:
+            app.register(Sharded, groups=["g"])
+        published = await apps[0].publish_many([Outgoing(Sharded(user_id=f"u{i}"), delay=0.05)
+                                                for i in range(5_000)])
+        stopping = asyncio.Event()
+        movers = [asyncio.create_task(promote(app, stopping, fatal)) for app in apps]
+        await wait_for(lambda: nothing_waits(redis, apps[0].topology.route(Sharded).partitions), timeout=30)
+        stopping.set()
+        await asyncio.gather(*movers)
+        counts: Counter[str] = Counter()
+        for keys in apps[0].topology.route(Sharded).partitions:
+            counts += await appended_ids(redis, keys.stream)
+        assert counts == Counter({p.event_id: 1 for p in published})
+    finally:
+        for app in apps:
+            await app.aclose()
+
+
+async def test_lost_index_is_rebuilt_at_worker_start(ns: str, redis_url: str, redis: aioredis.Redis) -> None:
+    calls = Calls()
+    async with open_app(ns, redis_url) as app:
+        app.handler(Sharded, group="g")(handler_recording(calls))
+        published = await app.publish_many([Outgoing(Sharded(user_id=f"u{i}"), delay=0.1) for i in range(8)])
+        assert await redis.delete(*delayed_index(ns)) == 2  # as if Redis lost the index but not the partitions
+        waiting = {partition_of(Sharded(user_id=f"u{i}")) for i in range(8)}
+        assert await Promoter(app).rebuild() == len(waiting)  # what every worker does at start
+        assert await redis.zcard(delayed_index(ns)[0]) == len(waiting)
+        async with running(app) as worker:
+            await worker.wait_for(lambda: calls.total("g") == 8)
+        assert calls.of("g") == Counter({p.event_id: 1 for p in published})
+
+
+async def test_vanished_stream_gets_its_groups_before_the_move(ns: str, redis_url: str, redis: aioredis.Redis,
+                                                               ) -> None:
+    calls = Calls()
+    async with open_app(ns, redis_url) as app:
+        app.handler(Reminder, group="g")(handler_recording(calls))
+        keys = partition(app, Reminder)
+        published = await app.publish(Reminder(user_id="u1"), delay=0.3)
+        assert await redis.delete(keys.stream, keys.checkpoints()) == 2  # Redis lost the stream, not the store
+        async with running(app) as worker:
+            await worker.wait_for(lambda: calls.total("g") == 1)
+        assert calls.of("g") == Counter({published.event_id: 1})
+        assert [g["name"] for g in await redis.xinfo_groups(keys.stream)] == [b"g"]
+
+
+async def test_idle_cost_does_not_grow_with_partitions(ns: str, fresh_redis: RedisServer) -> None:
+    """Script calls a mover sends in a second with nothing due (20 polls at 50 ms, plus a sweep's touch): the same
+    for 1 partition and for 400."""
+
+    async def commands_in_a_second(app: App) -> int:
+        await Promoter(app).rebuild()  # what a worker does at start (its cost grows with partitions, once)
+        client = aioredis.Redis.from_url(fresh_redis.url)
+        stopping = asyncio.Event()
+        try:
+            await client.config_resetstat()
+            mover = asyncio.create_task(promote(app, stopping, fatal))
+            await asyncio.wait([mover], timeout=1.0)  # a window of 1 s to count in (the mover must not end)
+            stopping.set()
+            await mover
+            stats = await client.info("commandstats")
+            # Each script call counts once (its inner commands count under their own names); the sweep's ZRANGE
+            # is the only other command a mover sends.
+            return sum(int(stats.get(name, {}).get("calls", 0)) for name in ("cmdstat_evalsha", "cmdstat_eval"))
+        finally:
+            await client.aclose()
+
+    async with open_app(ns, fresh_redis.url) as small, open_app(ns + "w", fresh_redis.url) as wide:
+        small.register(Reminder, groups=["g"])
+        await small.publish(Reminder(user_id="u"), delay=3600)  # waiting, not due
+        wide.register(WideA, WideB, groups=["g"])
+        await wide.publish_many([Outgoing(e(k=str(i)), delay=3600) for i in range(200) for e in (WideA, WideB)])
+        one, many = await commands_in_a_second(small), await commands_in_a_second(wide)
+    assert one <= 30 and many <= 30, f"idle commands in 1 s: {one} for 1 partition, {many} for 400"
+    assert many <= one + 3, f"idle commands in 1 s: {one} for 1 partition, {many} for 400"
