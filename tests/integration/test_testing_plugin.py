@@ -18,6 +18,11 @@ from tests.inproc import open_app, partition, settled
 pytest_plugins = ["pytester"]
 
 
+# These tests count runs exactly: a long lease, so that a loaded machine's 200 ms test lease cannot reclaim and
+# rerun an event (they are not lease tests).
+ONCE = {"lease_ms": 10_000}
+
+
 class Ordered(Event, tag="shop.ordered"):
     order_id: str
 
@@ -48,7 +53,7 @@ def shop(app: App, backoff: Backoff) -> None:
 
 async def test_drain_counts_processed_retried_and_dead_lettered(ns: str, redis_url: str,
                                                                 redis: aioredis.Redis) -> None:
-    async with open_app(ns, redis_url) as app:
+    async with open_app(ns, redis_url, **ONCE) as app:
         shop(app, Backoff(base=30.0))  # waiting these out would take 15 s or more each
         names = ["ok", "flaky", "later", "doomed", "rejected"]
         ids = {name: (await app.publish(Ordered(order_id=name))).event_id for name in names}
@@ -75,7 +80,7 @@ async def test_drain_counts_processed_retried_and_dead_lettered(ns: str, redis_u
 
 
 async def test_drain_runs_follow_up_events_and_only_the_groups_named(ns: str, redis_url: str) -> None:
-    async with open_app(ns, redis_url) as app:
+    async with open_app(ns, redis_url, **ONCE) as app:
 
         @app.handler(Ordered, group="billing")
         async def bill(event: Ordered, ctx: Context) -> None:
@@ -102,7 +107,7 @@ async def test_drain_runs_follow_up_events_and_only_the_groups_named(ns: str, re
 
 
 async def test_drain_can_wait_retries_out(ns: str, redis_url: str) -> None:
-    async with open_app(ns, redis_url) as app:
+    async with open_app(ns, redis_url, **ONCE) as app:
 
         @app.handler(Ordered, group="billing")
         async def bill(event: Ordered, ctx: Context) -> None:
