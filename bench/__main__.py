@@ -19,7 +19,7 @@ import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from bench import drain, fanout, ingest, latency, peers, publish, soak
+from bench import delayed, drain, fanout, ingest, lanes, latency, peers, publish, soak
 from bench.context import Bench
 from bench.report import Section
 from bench.results import machine_header, write_results
@@ -27,7 +27,8 @@ from bench.results import machine_header, write_results
 Scenario = Callable[[Bench], Awaitable[Section]]
 SCENARIOS: dict[str, Scenario] = {
     "publish": publish.run, "drain": drain.run, "latency": latency.run, "ingest": ingest.run,
-    "fanout": fanout.run, "soak": soak.run, "peers": peers.run,
+    "fanout": fanout.run, "soak": soak.run, "peers": peers.run, "lanes": lanes.run,
+    "delayed": delayed.run,
 }
 ON_DEMAND = {"peers"}  # never in the default set (nor in smoke / CI)
 HERE = Path(__file__).resolve().parent

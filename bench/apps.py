@@ -5,6 +5,7 @@ measurement starts with a publisher that has no cached state. Each app declares 
 
     noop     group "noop"     returns at once (the handler finishes without suspending)
     sleepy   group "sleep"    awaits asyncio.sleep(0.001): I/O-bound
+    laned    group "lanes"    noop's handler on LanedTick, a type with three priority lanes (bench/lanes.py)
     timed    group "latency"  records now - event.sent_ns (µs) in LATENCIES_US, dumped by bench.workerproc at stop
     soak     group "soak"     records each handled event id and its latency in a bookkeeping Redis (not the one
                               measured), BENCH_RECORD_URL, so that lost and duplicated events can be counted
@@ -19,7 +20,7 @@ from array import array
 
 import redis.asyncio as aioredis
 
-from bench.events import NAMESPACE, STREAM, Tick
+from bench.events import LANE_STREAMS, NAMESPACE, STREAM, LanedTick, Tick
 from streamproc import App, Context, Settings
 
 # This module is the benchmark apps' edge: the only place in bench/ that workers read the environment, once.
@@ -87,9 +88,21 @@ def soak_app(settings: Settings | None = None) -> App:
     return app
 
 
+def laned_app(settings: Settings | None = None) -> App:
+    app = _app(settings)
+
+    @app.handler(LanedTick, group="lanes", concurrency=100, eager=True)  # never awaits: see noop_app
+    async def do_nothing(event: LanedTick, ctx: Context) -> None:
+        return None
+
+    return app
+
+
 noop = noop_app()
+laned = laned_app()
 sleepy = sleepy_app()
 timed = timed_app()
 soak = soak_app()
 
 assert noop.topology.route(Tick).partitions[0].stream == STREAM, "bench.events.STREAM is out of date"
+assert [k.stream for k in laned.topology.route(LanedTick).partitions] == LANE_STREAMS, "LANE_STREAMS is out of date"

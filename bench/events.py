@@ -7,6 +7,7 @@ publish -> handler-start latency with microsecond resolution (the entry's `occur
 from __future__ import annotations
 
 import time
+from typing import ClassVar
 
 import msgspec
 
@@ -29,13 +30,29 @@ class Tick(Event, tag=TAG, frozen=True):
     url: str = ""
 
 
+LANED_TAG = "bench.laned"
+LANES = 3
+# The streams of `LanedTick` (partition 0, lanes 0..2); checked in bench.apps.
+LANE_STREAMS = [f"{NAMESPACE}:ev:{{{LANED_TAG}:0}}:lane{lane}" for lane in range(LANES)]
+
+
+class LanedTick(Event, tag=LANED_TAG, frozen=True):
+    """Tick's fields on a type with three priority lanes (bench/lanes.py)."""
+
+    seq: int
+    sent_ns: int = 0
+    user_id: str = ""
+    url: str = ""
+    priorities: ClassVar[int] = LANES
+
+
 def tick(seq: int, sent_ns: int = 0) -> Tick:
     return Tick(seq=seq, sent_ns=sent_ns, user_id=f"u{seq % 1000:04d}", url=f"https://example.org/cards/{seq}")
 
 
-def raw_fields(event: Tick) -> dict[bytes, bytes | str | int]:
+def raw_fields(event: Tick | LanedTick, tag: str = TAG) -> dict[bytes, bytes | str | int]:
     """The same fields streamproc appends (event_id, type, occurred_at, data), built by hand for the raw loops."""
-    return {b"event_id": new_event_id(), b"type": TAG, b"occurred_at": time.time_ns() // 1_000_000,
+    return {b"event_id": new_event_id(), b"type": tag, b"occurred_at": time.time_ns() // 1_000_000,
             b"data": _encoder.encode(event)}
 
 

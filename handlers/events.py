@@ -51,3 +51,17 @@ class UserFollowed(Event, tag="user.followed"):
 
     follower_id: str
     followee_id: str
+
+
+class AccountNotice(Event, tag="notify.account"):
+    """Something a user must hear about themselves: a password reset link (lane 0: now, whatever the feed traffic),
+    a sign-in from a new device (lane 1, the default) or a tip about their account (lane 2: whenever there is
+    room). One type, three priority lanes: see handlers/notifications.py."""
+
+    priorities: ClassVar[int] = 3
+    default_priority: ClassVar[int | None] = 1
+
+    user_id: str
+    kind: str  # "password_reset", "new_sign_in", "tip"
+    text: str
+    url: str | None = None

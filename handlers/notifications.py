@@ -1,4 +1,5 @@
-"""Group "notifications": tell each follower of a curator about the curator's new card or collection.
+"""Group "notifications": tell each follower of a curator about the curator's new card or collection, and tell a
+user about their account (AccountNotice: a password reset goes on priority lane 0, ahead of everything else).
 
 Each follower is notified twice over: a push through the `Notifier` (by default an HTTP endpoint, see
 notifier.py), and an entry in their in-app notification list, a capped Redis list.
@@ -22,10 +23,10 @@ import msgspec
 from redis.commands.core import AsyncScript
 
 from handlers.app import app, services
-from handlers.events import CardAddedToLibrary, CollectionCreated
+from handlers.events import AccountNotice, CardAddedToLibrary, CollectionCreated
 from handlers.notifier import Notifier
 from handlers.social_graph import followers_of
-from streamproc import Context, DeadLetter, Retry
+from streamproc import App, Context, DeadLetter, Published, Retry
 
 # Each user keeps their newest notifications only.
 NOTIFICATIONS_KEPT = 100
@@ -150,3 +151,24 @@ async def collection_created(event: CollectionCreated, ctx: Context) -> None:
     note = Notification(event_id=ctx.event_id, type=ctx.event_type, actor_id=event.owner_id,
                         text=f"{event.owner_id} started the collection {event.name!r}", at_ms=ctx.occurred_at_ms)
     await notify_followers(ctx, event.owner_id, note, services.notifier)
+
+
+# The lane of each kind of account notice: a password reset must not wait behind a backlog of follower fan-outs.
+ACCOUNT_NOTICE_LANES = {"password_reset": 0, "new_sign_in": 1, "tip": 2}
+
+
+async def send_account_notice(target: App, user_id: str, kind: str, text: str, url: str | None = None,
+                              ) -> Published:
+    """Publish an account notice on its kind's lane (what the account service calls)."""
+    notice = AccountNotice(user_id=user_id, kind=kind, text=text, url=url)
+    return await target.publish(notice, priority=ACCOUNT_NOTICE_LANES.get(kind))
+
+
+@app.handler(AccountNotice, group="notifications", concurrency=32, max_attempts=5)
+async def account_notice(event: AccountNotice, ctx: Context) -> None:
+    """One recipient, the user: pushed and recorded at most once, as for follower fan-outs. The group reads lane 0
+    of `notify.account` before its other lanes (and lanes 1 and 2 keep a floor share of the reads)."""
+    note = Notification(event_id=ctx.event_id, type=ctx.event_type, actor_id=event.user_id, text=event.text,
+                        url=event.url, at_ms=ctx.occurred_at_ms)
+    if await not_yet_notified(ctx, [event.user_id]):
+        await deliver(ctx, [event.user_id], note, services.notifier)

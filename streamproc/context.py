@@ -29,6 +29,7 @@ class Context:
     occurred_at_ms: int
     redis: aioredis.Redis
     namespace: str
+    priority: int | None = None  # the lane the event was published to (a type with priority lanes), else None
 
     @property
     def occurred_at(self) -> datetime:

@@ -49,10 +49,13 @@ class Metrics:
                                           tg, buckets=HANDLER_BUCKETS, registry=r)
         self.redis_errors = Counter("streamproc_redis_errors", "Failed Redis calls of the worker's loops, by kind "
                                     "(outage, memory, nogroup, fatal)", ["kind"], registry=r)
+        self.lane_processed = Counter("streamproc_lane_events_processed", "Handler runs that succeeded, by "
+                                      "priority lane (types with lanes only)", ["type", "group", "lane"], registry=r)
         self.ingest_requests = Counter("streamproc_ingest_requests", "Ingest HTTP requests", ["status"], registry=r)
         self.ingest_duration = Histogram("streamproc_ingest_request_duration_seconds", "Ingest request latency",
                                          ["status"], registry=r)
         self._groups: dict[tuple[str, str], GroupMetrics] = {}
+        self._lanes: dict[tuple[str, str, int], Counter] = {}
 
     def group(self, event_type: str, group: str) -> GroupMetrics:
         key = (event_type, group)
@@ -61,6 +64,14 @@ class Metrics:
             found = self._groups[key] = GroupMetrics(
                 self.processed.labels(*key), self.failed.labels(*key), self.retried.labels(*key),
                 self.dead_lettered.labels(*key), self.handler_duration.labels(*key))
+        return found
+
+    def lane(self, event_type: str, group: str, lane: int) -> Counter:
+        """The lane counter child of one (type, group, lane), bound once."""
+        key = (event_type, group, lane)
+        found = self._lanes.get(key)
+        if found is None:
+            found = self._lanes[key] = self.lane_processed.labels(event_type, group, str(lane))
         return found
 
 
@@ -84,6 +95,11 @@ class StreamStateCollector(Collector):
             GaugeMetricFamily("streamproc_group_scheduled_retries", "Entries waiting for a retry", labels=labels),
             GaugeMetricFamily("streamproc_group_dead_letters", "Entries in the dead-letter stream", labels=labels),
         )
+        # Types with priority lanes: one series per lane stream, to join the families above on `stream`
+        # (`streamproc_group_lag * on(stream) group_left(lane) streamproc_stream_lane`); their label sets stay
+        # the same for every stream, with lanes or without.
+        lanes = GaugeMetricFamily("streamproc_stream_lane", "1 for each priority-lane stream, with its type, "
+                                  "partition and lane", labels=["stream", "type", "partition", "lane"])
         orphans = GaugeMetricFamily("streamproc_orphan_groups", "Consumer groups on the stream that no app declares "
                                     "(renamed or removed handler groups: `streamproc groups list`)", labels=["stream"])
         up = GaugeMetricFamily("streamproc_redis_up", "1 if Redis answered every call of this scrape, 0 if not")
@@ -96,6 +112,16 @@ class StreamStateCollector(Collector):
             up.add_metric([], 1)
         yield up
         yield from (*families, orphans)
+        if self._add_lanes(lanes):
+            yield lanes
+
+    def _add_lanes(self, family: GaugeMetricFamily) -> bool:
+        """Fill streamproc_stream_lane from the topology (no Redis call); False when no type has lanes."""
+        for route in self.topology.by_tag.values():
+            for keys in route.partitions:
+                if keys.lane is not None:
+                    family.add_metric([keys.stream, route.tag, str(keys.partition), str(keys.lane)], 1)
+        return bool(family.samples)
 
     def _read_state(self, families: tuple[GaugeMetricFamily, ...], orphans: GaugeMetricFamily) -> None:
         for route in self.topology.by_tag.values():

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from ..app import Handler
 from ..keys import PartitionKeys
 from ..redis.resp import pack_command, send_packed
-from ..redis.scripts import TAKE_RETRIES
+from ..redis.scripts import READ_LANES, TAKE_RETRIES
+from .lanes import LaneSet, group_lanes
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +58,20 @@ class Reader:
     """Reads for one group and one consumer. Each method returns deliveries; none of them settles anything."""
 
     def __init__(self, redis: aioredis.Redis, group: str, consumer: str, sources: list[Source],
-                 deadline_s: float = 5.0) -> None:
+                 deadline_s: float = 5.0, priority_floor: float = 0.1) -> None:
         self.redis = redis
         self.deadline_s = deadline_s  # a blocking read may take its BLOCK plus this before it counts as an outage
         self.group = group
         self.consumer = consumer
-        self.sources = {s.keys.stream.encode(): s for s in sources}
+        self.sources = {s.keys.stream.encode(): s for s in sources}  # every stream, each lane of a partition too
         self._group = group.encode()
         self._consumer = consumer.encode()
-        self._streams = list(self.sources)
+        self._streams = [stream for stream, s in self.sources.items() if s.keys.lane is None]
         self._next = 0  # where the next partial read starts (fewer free places than streams)
+        # Partitions with priority lanes, read by read_lanes.lua (see lanes.py); none: reads are as they always were.
+        self._lanes = group_lanes([(s.handler, s.keys) for s in sources])
+        self._floor = priority_floor
+        self._read_lanes_sha = hashlib.sha1(READ_LANES.encode()).hexdigest().encode()
         self._claim_cursor = {s.keys.stream: "0-0" for s in sources}
         self._take_retries = redis.register_script(TAKE_RETRIES)
         self.deleted_seen = 0
@@ -73,21 +80,82 @@ class Reader:
         """XREADGROUP over all of the group's streams at once: one round trip for a whole batch. Packed by hand
         and read as the raw nested reply: redis-py's reply parsing (a dict per entry) was a fifth of the worker's
         time when draining. COUNT applies per stream, so it is split over the streams: one read never takes more
-        than `count` entries in all."""
+        than `count` entries in all. (A group with priority lanes reads by `_read_with_lanes`.)"""
+        if self._lanes:
+            return await self._read_with_lanes(count, block_ms)
         streams, per_stream = self._streams_for(count)
         command = pack_command(b"XREADGROUP", b"GROUP", self._group, self._consumer, b"COUNT", b"%d" % per_stream,
                                b"BLOCK", b"%d" % block_ms, b"STREAMS", *streams, *[b">"] * len(streams))
         [reply] = await send_packed(self.redis, [command], read_timeout=block_ms / 1000 + self.deadline_s)
-        # RESP3 answers a map {stream: entries}, RESP2 a list of [stream, entries] pairs; nil when nothing came.
-        by_stream = reply.items() if isinstance(reply, dict) else cast(list[list[Any]] | None, reply) or ()
         out: list[Delivery] = []
+        self._add_read(reply, out)
+        return out
+
+    def _add_read(self, reply: Any, out: list[Delivery]) -> None:
+        """The deliveries of an XREADGROUP reply. RESP3 answers a map {stream: entries}, RESP2 a list of
+        [stream, entries] pairs; nil when nothing came."""
+        by_stream = reply.items() if isinstance(reply, dict) else cast(list[list[Any]] | None, reply) or ()
         for stream, entries in by_stream:
             source = self.sources[stream]
             handler, keys = source.handler, source.keys
             for eid, flat in entries:
                 fields = dict(zip(flat[::2], flat[1::2], strict=True)) if flat else {}
                 out.append(Delivery(handler, keys, eid, fields, 1))
+
+    async def _read_with_lanes(self, count: int, block_ms: int) -> list[Delivery]:
+        """A read of a group with priority lanes: each partition's lanes by one read_lanes.lua call (most urgent
+        first, floor shares reserved: see lanes.py), the group's other streams by one non-blocking XREADGROUP, all
+        in one round trip. Only when all of them are empty, one blocking XREADGROUP over every stream (lanes too:
+        a script cannot block) waits for the first entry."""
+        plain, lane_sets, per = self._units_for(count)
+        reserves = [lanes.reserves(per, self._floor) for lanes in lane_sets]
+        commands = [self._lanes_command(lanes, per, r) for lanes, r in zip(lane_sets, reserves, strict=True)]
+        if plain:
+            commands.append(self._xreadgroup(plain, per, None))
+        replies = await self._send_scripts(commands)
+        out: list[Delivery] = []
+        for lanes, r, reply in zip(lane_sets, reserves, replies, strict=False):
+            lanes.settle(r, _add_lanes(lanes, reply, out))
+        if plain:
+            self._add_read(replies[-1], out)
+        if out:
+            return out
+        streams = [*plain, *(stream for lanes in lane_sets for stream in lanes.streams)]
+        per_stream = max(1, per // max(len(lanes.streams) for lanes in lane_sets))
+        command = self._xreadgroup(streams, per_stream, block_ms)
+        [reply] = await send_packed(self.redis, [command], read_timeout=block_ms / 1000 + self.deadline_s)
+        self._add_read(reply, out)
         return out
+
+    def _units_for(self, count: int) -> tuple[list[bytes], list[LaneSet], int]:
+        """`_streams_for` with each partition's lanes as one unit: the plain streams and lane sets one read covers,
+        and the count of each."""
+        units: list[bytes | LaneSet] = [*self._streams, *self._lanes]
+        if count >= len(units):
+            chosen, per = units, count // len(units)
+        else:
+            start = self._next
+            self._next = (start + count) % len(units)
+            chosen, per = [units[(start + i) % len(units)] for i in range(count)], 1
+        return ([u for u in chosen if isinstance(u, bytes)], [u for u in chosen if isinstance(u, LaneSet)], per)
+
+    def _xreadgroup(self, streams: list[bytes], count: int, block_ms: int | None) -> bytes:
+        block = (b"BLOCK", b"%d" % block_ms) if block_ms is not None else ()
+        return pack_command(b"XREADGROUP", b"GROUP", self._group, self._consumer, b"COUNT", b"%d" % count, *block,
+                            b"STREAMS", *streams, *[b">"] * len(streams))
+
+    def _lanes_command(self, lanes: LaneSet, count: int, reserves: list[int]) -> bytes:
+        return pack_command(b"EVALSHA", self._read_lanes_sha, b"%d" % len(lanes.streams), *lanes.streams,
+                            self._group, self._consumer, b"%d" % count, *(b"%d" % r for r in reserves))
+
+    async def _send_scripts(self, commands: list[bytes]) -> list[object]:
+        """Send commands that call read_lanes.lua by its digest; if Redis lost its script cache (a restart), load
+        the script and send them once more (nothing ran: Redis refused the unknown digest)."""
+        try:
+            return await send_packed(self.redis, commands)
+        except NoScriptError:
+            await self.redis.script_load(READ_LANES)
+            return await send_packed(self.redis, commands)
 
     def _streams_for(self, count: int) -> tuple[list[bytes], int]:
         """The streams one read covers and its COUNT: all of them with count // n each, or, with fewer places than
@@ -157,3 +225,16 @@ class Reader:
             fields = entries[0][1] if entries else {}
             (ready if entries else gone).append(Delivery(source.handler, source.keys, eid, fields, attempt, True))
         return ready, gone
+
+
+def _add_lanes(lanes: LaneSet, reply: Any, out: list[Delivery]) -> list[int]:
+    """The deliveries of one read_lanes.lua reply (a list of entries per lane), lane 0 first; returns how many each
+    lane gave."""
+    taken = []
+    handler = lanes.handler
+    for keys, entries in zip(lanes.keys, cast(list[list[Any]], reply), strict=True):
+        for eid, flat in entries:
+            fields = dict(zip(flat[::2], flat[1::2], strict=True)) if flat else {}
+            out.append(Delivery(handler, keys, eid, fields, 1))
+        taken.append(len(entries))
+    return taken

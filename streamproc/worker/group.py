@@ -50,7 +50,8 @@ class GroupWorker:
         self.redis: aioredis.Redis = app.redis
         self.concurrency = concurrency or max(h.concurrency for h in handlers)
         sources = [Source(h, keys) for h in handlers for keys in h.route.partitions]
-        self.reader = Reader(self.redis, group, consumer, sources, command_deadline_s(self.settings))
+        self.reader = Reader(self.redis, group, consumer, sources, command_deadline_s(self.settings),
+                             self.settings.priority_floor)
         self.settler = Settler(self.redis, group, consumer, self.settings.deadletter_max_length)
         self.run_one = HandlerRun(self.settler, self.redis, app.name, app.instruments)
         # Entries this consumer holds (waiting or running), for heartbeats and capacity.

@@ -85,7 +85,7 @@ class HandlerRun:
             # The envelope, read inline (this runs once per event): see codec.read_envelope for the slow, exact path.
             event_type = fields[TYPE].decode()
             ctx = Context(fields[EVENT_ID].decode(), event_type, handler.group, d.attempt, d.keys.stream,
-                          d.entry_id.decode(), int(fields[OCCURRED_AT]), self.redis, self.namespace)
+                          d.entry_id.decode(), int(fields[OCCURRED_AT]), self.redis, self.namespace, d.keys.lane)
             event = handler.codec.decode_data(event_type, fields[DATA])
         except DecodeError as exc:
             return Started(self._dead_letter(d, f"undecodable: {exc}", exc, None), self.base_context.copy())
@@ -161,6 +161,8 @@ class HandlerRun:
             m = metrics.group(d.handler.route.tag, d.handler.group)
             m.duration.observe(time.perf_counter() - started)
             (m.processed if error is None else m.failed).inc()
+            if d.keys.lane is not None and error is None:
+                metrics.lane(d.handler.route.tag, d.handler.group, d.keys.lane).inc()
 
     async def _settle(self, d: Delivery, error: Exception | None, span: Span | None) -> None:
         if error is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from streamproc import App, Backoff, Context, DeadLetter, Event, Outgoing, Published, Retry, Settings, SyncPublisher
 
 
@@ -24,12 +26,13 @@ producer.register(CardAddedToLibrary, groups={"search-index": "all"})
 async def notify(event: CardAddedToLibrary, ctx: Context) -> None:
     curator: str = event.curator_id
     attempt: int = ctx.attempt
+    lane: int | None = ctx.priority  # the lane it came from (None: its type has no priority lanes)
     if not curator:
         raise DeadLetter("no curator")
     if attempt < 2:
         raise Retry(delay=1.0)
     if await ctx.once(f"notify:{curator}"):
-        ctx.log.info("notified followers of %s", curator)
+        ctx.log.info("notified followers of %s (lane %s)", curator, lane)
 
 
 async def produce() -> None:
@@ -49,3 +52,20 @@ def produce_from_sync_code() -> None:
         many: list[Published] = publisher.publish_many([CardAddedToLibrary(card_id="c5", curator_id="u1")],
                                                        atomic=True)
         assert one.appended and len(many) == 1
+
+
+class PasswordReset(Event, tag="notify.reset"):
+    """Priority lanes: three streams per partition, lane 0 read first."""
+
+    priorities: ClassVar[int] = 3
+    default_priority: ClassVar[int | None] = 1
+    user_id: str
+
+
+async def produce_urgently() -> None:
+    async with app:
+        urgent: Published = await app.publish(PasswordReset(user_id="u1"), priority=0)
+        later: list[Published] = await app.publish_many([Outgoing(PasswordReset(user_id="u2"), priority=2)])
+        assert urgent.stream and later
+    with SyncPublisher(app) as publisher:
+        publisher.publish(PasswordReset(user_id="u3"), priority=0)
