@@ -26,13 +26,39 @@ import threading
 from dataclasses import dataclass
 
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
 SERVICE = "streamproc-tests"
+
+
+class _OpenSpans(SpanProcessor):
+    """Remembers which spans started and have not ended yet."""
+
+    def __init__(self) -> None:
+        self._open: dict[int, ReadableSpan] = {}
+        self._lock = threading.Lock()
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        with self._lock:
+            self._open[span.context.span_id] = span
+
+    def on_end(self, span: ReadableSpan) -> None:
+        with self._lock:
+            if span.context is not None:  # on_end gets a ReadableSpan copy: matched by span id
+                self._open.pop(span.context.span_id, None)
+
+    def unended(self) -> list[ReadableSpan]:
+        with self._lock:
+            return list(self._open.values())
+
+    def clear(self) -> None:
+        with self._lock:
+            self._open.clear()
 
 
 @dataclass(frozen=True)
@@ -41,6 +67,11 @@ class Spans:
 
     exporter: InMemorySpanExporter
     provider: TracerProvider
+    opened: _OpenSpans
+
+    def unended(self) -> list[ReadableSpan]:
+        """Spans started since the last `recorded_spans()` and not ended (a leak, once the code is done)."""
+        return self.opened.unended()
 
     def finished(self) -> list[ReadableSpan]:
         return list(self.exporter.get_finished_spans())
@@ -53,6 +84,7 @@ class Spans:
 
     def clear(self) -> None:
         self.exporter.clear()
+        self.opened.clear()
 
 
 _lock = threading.Lock()
@@ -66,13 +98,15 @@ def recorded_spans() -> Spans:
         if _installed is None:
             exporter = InMemorySpanExporter()
             provider = TracerProvider(resource=Resource.create({"service.name": SERVICE}))
+            opened = _OpenSpans()  # first: a span is no longer open by the time the exporter shows it ended
+            provider.add_span_processor(opened)
             provider.add_span_processor(SimpleSpanProcessor(exporter))
             trace.set_tracer_provider(provider)
             if trace.get_tracer_provider() is not provider:
                 raise RuntimeError("another global TracerProvider was set before tests/otel.py could install its "
                                    f"own ({trace.get_tracer_provider()!r}); use recorded_spans() for every "
                                    "in-process tracing test")
-            _installed = Spans(exporter, provider)
+            _installed = Spans(exporter, provider, opened)
     _installed.clear()
     return _installed
 

@@ -20,6 +20,7 @@ import time
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Protocol, Self
 
@@ -29,9 +30,9 @@ from redis.exceptions import RedisError
 from ..errors import BacklogFull, PublishError
 from ..event import Event
 from ..observe.instruments import Instruments
-from ..observe.telemetry import end_span, start_send
+from ..observe.telemetry import end_span
 from ..redis.connection import sync_redis_client
-from ..redis.scripts import BACKLOG, ENSURE_GROUP, PUBLISH_ONCE
+from ..redis.scripts import BACKLOG, CANCEL_DELAYED, DELAYED_TOUCH, ENSURE_GROUP, PUBLISH_ONCE, SCHEDULE_DELAYED
 from ..settings import Settings
 from ..topology import StartAt, Topology
 from .entries import (
@@ -46,7 +47,18 @@ from .entries import (
     route_entry,
 )
 from .groups import Wanted, ensure_call, read_ensured
-from .publisher import REDECLARE_S, Outgoing, Prepared, Published, count_by_stream, published_of
+from .delayed import Outcome, cancel_call, cancel_targets, due_of, read_scheduled, schedule_calls, touch_call
+from .publisher import (
+    REDECLARE_S,
+    Outgoing,
+    Prepared,
+    Published,
+    count_by_stream,
+    due_now,
+    published_delayed,
+    published_of,
+)
+from .state import start_spans
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +106,9 @@ class SyncPublisher:
         self._publish_once = self._redis.register_script(PUBLISH_ONCE)
         self._backlog_script = self._redis.register_script(BACKLOG)
         self._ensure_script = self._redis.register_script(ENSURE_GROUP)
+        self._schedule_script = self._redis.register_script(SCHEDULE_DELAYED)
+        self._touch_script = self._redis.register_script(DELAYED_TOUCH)
+        self._cancel_script = self._redis.register_script(CANCEL_DELAYED)
         self._lock = threading.Lock()  # guards the caches below; never held during a Redis call
         self._ready: set[str] = set()
         self._redeclare_at = time.monotonic() + REDECLARE_S
@@ -108,21 +123,31 @@ class SyncPublisher:
         return self._redis
 
     def publish(self, event: Event, *, event_id: str | None = None, partition_key: str | None = None,
-                priority: int | None = None) -> Published:
+                priority: int | None = None, delay: float | timedelta | None = None,
+                at: datetime | None = None) -> Published:
         """Append one event. Give `event_id` to make re-publishing it within the dedup window a no-op, `priority`
-        to choose its lane (a type with priority lanes)."""
-        return self.publish_many([Outgoing(event, event_id, partition_key, priority)])[0]
+        to choose its lane (a type with priority lanes), `delay` or `at` to append it later (as App.publish)."""
+        return self.publish_many([Outgoing(event, event_id, partition_key, priority, delay, at)])[0]
+
+    def cancel_delayed(self, event_type: type[Event], event_id: str, partition_key: str | None = None) -> bool:
+        """Take back a delayed event that still waits (as App.cancel_delayed): True if it did."""
+        targets = cancel_targets(self._topology, event_type, event_id, partition_key)
+        with self._redis.pipeline(transaction=False) as pipe:
+            for keys in targets:
+                names, args = cancel_call(keys, event_id)
+                self._cancel_script(keys=names, args=args, client=pipe)
+            return any(pipe.execute())
 
     def publish_many(self, items: Iterable[Event | Outgoing], *, atomic: bool = False) -> list[Published]:
         """Append many events in one pipelined round trip (plus one to create groups on a stream's first use).
         With `atomic`, in one MULTI/EXEC: all or none (on a single Redis)."""
         prepared = [self._prepare(item if isinstance(item, Outgoing) else Outgoing(item)) for item in items]
+        start_spans(self._instruments.tracing, prepared)  # once all are encoded: a failure leaves no span open
         if not prepared:
             return []
         try:
             self._ensure_ready(prepared)
-            self._reserve(prepared)
-            replies = self._append_all(prepared, atomic)
+            results = self._send(prepared, atomic)
         except RedisError as exc:
             with self._lock:
                 self._ready.clear()  # Redis may have restarted empty: create groups again before the next append
@@ -133,7 +158,32 @@ class SyncPublisher:
             self._observe(prepared, exc)
             raise
         self._observe(prepared, None)
-        return [published_of(p, reply) for p, reply in zip(prepared, replies, strict=True)]
+        return results
+
+    def _send(self, prepared: list[Prepared], atomic: bool) -> list[Published]:
+        """Append the events due now, then schedule the delayed ones (see Publisher._send_with_delayed)."""
+        now = due_now(prepared)
+        self._reserve(now)
+        appended = iter(self._append_all(now, atomic) if now else [])
+        later = [p for p in prepared if p.due is not None]
+        outcomes = iter(self._schedule(later, atomic) if later else [])
+        return [published_of(p, next(appended)) if p.due is None else published_delayed(p, next(outcomes))
+                for p in prepared]
+
+    def _schedule(self, later: list[Prepared], atomic: bool) -> list[Outcome]:
+        """Schedule delayed events, one call per partition, then lower the index for them (publish/delayed.py)."""
+        calls = schedule_calls(later, self._settings.dedup_window_ms, self._settings.max_delayed)
+        with self._redis.pipeline(transaction=atomic) as pipe:
+            for call in calls:
+                self._schedule_script(keys=call.names, args=call.args, client=pipe)
+            replies = pipe.execute()
+        done = read_scheduled(calls, replies, len(later), self._settings.max_delayed)
+        if done.touches:
+            names, args = touch_call(later[0].keys.ns, done.touches)
+            self._touch_script(keys=names, args=args)
+        if done.full is not None:
+            raise done.full
+        return [o for o in done.outcomes if o is not None]
 
     def close(self) -> None:
         """Close the client this publisher made (a client given to it stays open)."""
@@ -150,11 +200,10 @@ class SyncPublisher:
     def _prepare(self, out: Outgoing) -> Prepared:
         route, keys, event_id, fields = route_entry(self._topology, out.event, out.event_id, out.partition_key,
                                                     out.priority)
-        prepared = Prepared(keys, route, event_id, fields, dedup=out.event_id is not None)
-        tracer = self._instruments.tracing.tracer()
-        if tracer is not None:
-            prepared.span = start_send(tracer, fields, keys, event_id)
-        return prepared
+        p = Prepared(keys, route, event_id, fields, dedup=out.event_id is not None)
+        if out.delay is not None or out.at is not None:
+            p.due = due_of(out.delay, out.at)
+        return p
 
     def _observe(self, prepared: list[Prepared], error: Exception | None) -> None:
         metrics = self._instruments.metrics

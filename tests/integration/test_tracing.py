@@ -21,7 +21,7 @@ from opentelemetry import baggage, trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
-from streamproc import App, Backoff, Context, DeadLetter, Event
+from streamproc import App, Backoff, Context, DeadLetter, Event, InvalidEvent, Outgoing, SyncPublisher
 from streamproc.codec import encode_event, entry_fields
 from streamproc.observe.logs import JsonFormatter
 from tests.helpers import wait_for
@@ -38,6 +38,11 @@ TRACEPARENT = f"00-{TRACE_ID:032x}-{CALLER_SPAN_ID:016x}-01"
 class CardAdded(Event, tag="card.added"):
     card_id: str
     curator_id: str
+
+
+class Placed(Event, tag="card.placed"):
+    card_id: str
+    position: int
 
 
 class Doomed(Event, tag="card.doomed"):
@@ -191,6 +196,37 @@ async def test_batch_request_is_one_server_span_parenting_each_publish(ns: str, 
     assert sorted(attrs(p)["messaging.message.id"] for p in producers) == sorted(e["id"] for e in answer["events"])
     assert {parent_id(p) for p in producers} == {server_span.context.span_id}
     assert {p.context.trace_id for p in producers} == {server_span.context.trace_id}
+
+
+async def test_a_batch_that_fails_to_prepare_part_way_leaves_no_span_open(ns: str, redis_url: str,
+                                                                          spans: Spans) -> None:
+    """An event that cannot be encoded or routed (a bad event id, an integer the stream's msgpack cannot carry)
+    fails its whole batch before anything is sent: no PRODUCER span is left unended for the events before it. Also
+    through the ingest, whose fast path fails on the wide integer and prepares the body again by the general path
+    (which names the field)."""
+    batch = [Outgoing(Placed(card_id="c1", position=1)), Outgoing(Placed(card_id="c2", position=2)),
+             Outgoing(Placed(card_id="c3", position=3), event_id="not an id!")]
+    async with open_app(ns, redis_url) as events:
+        events.register(Placed)
+        with pytest.raises(InvalidEvent):
+            await events.publish_many(batch)
+        with SyncPublisher(events) as publisher, pytest.raises(InvalidEvent):
+            publisher.publish_many(batch)
+    app = ingest_app(ns, redis_url)
+    app.register(Placed)
+    body = [{"type": "card.placed", "card_id": f"c{i}", "position": i} for i in range(3)]
+    body.append({"type": "card.placed", "card_id": "wide", "position": 1e300})  # integral, but too wide
+    async with serving(app) as server, aiohttp.ClientSession() as client:
+        answer = await post(client, server.events_url, body, status=422)
+        await wait_for(lambda: spans.of_kind(SpanKind.SERVER))
+    assert [e["path"] for e in answer["errors"]] == ["$[3].position"]
+    assert [s.name for s in spans.unended()] == []
+    assert spans.of_kind(SpanKind.PRODUCER) == [], "nothing was sent"
+    async with open_app(ns, redis_url) as events:  # and a good batch's spans all end
+        events.register(Placed)
+        await events.publish_many(batch[:2])
+    assert len(spans.of_kind(SpanKind.PRODUCER)) == 2
+    assert spans.unended() == []
 
 
 async def test_client_errors_leave_the_server_span_status_unset(ns: str, redis_url: str, spans: Spans) -> None:
