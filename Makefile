@@ -4,7 +4,7 @@ BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 LINT_PATHS := streamproc handlers bench tests
 
-.PHONY: install lint typecheck test demo bench bench-smoke clean
+.PHONY: install lint typecheck test test-lowest demo bench bench-smoke clean
 
 install:
 	./scripts/bootstrap.sh
@@ -21,6 +21,10 @@ test: install
 	$(MAKE) lint
 	$(BIN)/pytest -q
 
+# tests/unit and tests/integration in .venv-lowest, every runtime dependency at its floor (scripts/lowest.sh).
+test-lowest:
+	./scripts/lowest.sh
+
 demo: install
 	$(PY) -m handlers.demo
 
@@ -31,5 +35,5 @@ bench-smoke: install
 	$(PY) -m bench --smoke
 
 clean:
-	rm -rf .mypy_cache .ruff_cache .pytest_cache dist build
+	rm -rf .mypy_cache .ruff_cache .pytest_cache dist build .venv-lowest
 	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Bootstrap a dev/CI machine: ensure redis-server and faketime exist, create .venv, install
-# the project editable with dev extras. Idempotent and fast when already done.
+# the project editable with the dev and bench extras. Idempotent and fast when already done.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -70,17 +70,16 @@ ensure_python() {
         || die "Python >= 3.11 required, but $PYTHON is $("$PYTHON" -V 2>&1)"
 }
 
-# hatchling writes the editable .pth only for package dirs that existed at
-# install time, so a venv made before streamproc/ or handlers/ existed cannot
-# import them: treat that as "not installed". find_spec runs from / so the repo
-# root on sys.path (cwd) can't mask the problem, and it doesn't import the code.
+# The editable install must make streamproc importable from anywhere, from this checkout (a venv made
+# for another checkout, or before streamproc/ existed, cannot): treat anything else as "not installed".
+# find_spec runs from / so the repo root on sys.path (cwd) can't mask the problem, and it doesn't import
+# the code. handlers/ and bench/ are not in the wheel: they are imported from the repo root (the cwd of
+# `make demo`, `python -m bench`, `streamproc worker handlers.app:app`), so they are not checked here.
 editable_ok() {
-    local pkg py="$PWD/$VENV/bin/python"
-    for pkg in streamproc handlers; do
-        [[ -d "$pkg" ]] || continue
-        (cd / && "$py" -c \
-            "import importlib.util, sys; sys.exit(importlib.util.find_spec('$pkg') is None)") || return 1
-    done
+    local py="$PWD/$VENV/bin/python" init="$PWD/streamproc/__init__.py"
+    (cd / && "$py" -c "import importlib.util, sys
+spec = importlib.util.find_spec('streamproc')
+sys.exit(spec is None or spec.origin != sys.argv[1])" "$init")
 }
 
 ensure_venv() {
@@ -93,8 +92,9 @@ ensure_venv() {
     if [[ -f "$STAMP" && "$STAMP" -nt pyproject.toml ]] && editable_ok; then
         return 0
     fi
-    log "installing project (editable, dev extras)"
-    "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[dev]'
+    # bench: matplotlib, for bench/'s charts (make bench, make bench-smoke) and for mypy, which checks bench/.
+    log "installing project (editable, dev and bench extras)"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[dev,bench]'
     touch "$STAMP"
 }
 
