@@ -14,7 +14,6 @@ Retries with a backoff delay are made due at once (see due_now.lua), so a test n
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import time
@@ -39,6 +38,10 @@ DUE_NOW = files(__package__).joinpath("due_now.lua").read_text(encoding="utf-8")
 DRAIN_TIMINGS: dict[str, Any] = {"block_ms": 20, "retry_poll_ms": 10, "claim_interval_ms": 100,
                                  "backlog_check_ms": 0, "grace_period_s": 5.0}
 POLL_S = 0.01
+# The worker's graceful stop gets what is left of the drain's timeout, but at least STOP_MIN_S (an idle worker stops
+# in milliseconds); then it is cancelled, and must be gone within CANCEL_WAIT_S.
+STOP_MIN_S = 1.0
+CANCEL_WAIT_S = 2.0
 
 
 class DrainTimeout(AssertionError):
@@ -118,7 +121,9 @@ async def drain(app: App, groups: Iterable[str] | None = None, *, timeout: float
     if unknown:
         raise ValueError(f"no handlers for group(s) {sorted(unknown)}; known: {sorted(app.groups())}")
     runs: list[Run] = []
-    worker_app = _recording_app(app, runs)
+    running: Counter[str] = Counter()  # "group handler event_id" of the runs in progress, for the stop's error
+    worker_app = _recording_app(app, runs, running)
+    deadline = time.monotonic() + timeout
     watched = [_Watched(keys, h.group) for h in app.handlers if h.group in chosen for keys in h.route.partitions]
     try:
         marks = await _deadletter_marks(worker_app.redis, watched)
@@ -128,34 +133,38 @@ async def drain(app: App, groups: Iterable[str] | None = None, *, timeout: float
             await _until_idle(worker_app.redis, watched, task, timeout, wait_retries)
         finally:
             stopping.set()
-            await _stopped(task)
+            await _stopped(task, max(deadline - time.monotonic(), STOP_MIN_S), running)
         dead = await _deadletters_since(worker_app.redis, marks)
     finally:
         await worker_app.aclose()
     return Drained.of(runs, dead)
 
 
-def _recording_app(app: App, runs: list[Run]) -> App:
+def _recording_app(app: App, runs: list[Run], running: Counter[str]) -> App:
     """The app's handlers, each recording its runs, on the app's streams (the same topology) with a client of
     their own (ctx.redis) and the drain's timings."""
     worker_app = App(app.name, settings=app.settings.replace(**DRAIN_TIMINGS))
     worker_app.topology = app.topology
     worker_app.instruments = app.instruments
     worker_app.worker_resources = list(app.worker_resources)
-    worker_app.handlers = [dataclasses.replace(h, fn=_recording(h, runs)) for h in app.handlers]
+    worker_app.handlers = [dataclasses.replace(h, fn=_recording(h, runs, running)) for h in app.handlers]
     return worker_app
 
 
-def _recording(handler: Handler[Any], runs: list[Run]) -> HandlerFn[Any]:
+def _recording(handler: Handler[Any], runs: list[Run], running: Counter[str]) -> HandlerFn[Any]:
     fn = handler.fn
 
     @functools.wraps(fn)
     async def run(event: Event, ctx: Context) -> None:
+        name = f"{ctx.group} {getattr(fn, '__qualname__', fn)} {ctx.event_id}"
+        running[name] += 1
         try:
             await fn(event, ctx)
         except BaseException as exc:
             runs.append(Run(ctx.group, ctx.event_id, ctx.attempt, exc))
             raise
+        finally:
+            running[name] -= 1
         runs.append(Run(ctx.group, ctx.event_id, ctx.attempt, None))
 
     return run
@@ -217,15 +226,22 @@ def _entry_id(value: object) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-async def _stopped(task: asyncio.Task[None]) -> None:
-    """Wait for the worker's graceful stop; raise what stopped it, if anything did."""
-    try:
-        await asyncio.wait_for(asyncio.shield(task), timeout=30)
-    except TimeoutError:
+async def _stopped(task: asyncio.Task[None], within: float, running: Counter[str]) -> None:
+    """Wait `within` seconds for the worker's graceful stop, then cancel it; raise what stopped it, if anything did,
+    and a RuntimeError naming the handler runs still going if even cancelling does not stop it (a handler that
+    swallows CancelledError), rather than wait forever."""
+    await asyncio.wait([task], timeout=within)
+    if not task.done():
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        raise
+        await asyncio.wait([task], timeout=CANCEL_WAIT_S)
+        if not task.done():
+            left = sorted(name for name, n in running.items() if n > 0)
+            raise RuntimeError(f"the drain's worker did not stop within {CANCEL_WAIT_S:g}s of being cancelled; "
+                               f"handler runs still going (do they swallow CancelledError?): "
+                               f"{', '.join(left) or 'none'}")
+        if task.cancelled():
+            return
+    task.result()  # raises what stopped the worker
 
 
 async def _deadletter_marks(redis: aioredis.Redis, watched: list[_Watched]) -> dict[str, str]:

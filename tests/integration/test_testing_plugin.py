@@ -5,6 +5,7 @@ plugin as a user meets it: a user's project run by pytester, in its own pytest p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 
@@ -13,6 +14,7 @@ import redis.asyncio as aioredis
 
 from streamproc import App, Backoff, Context, DeadLetter, Event, Retry
 from streamproc.testing import DrainTimeout, bind, drain
+from streamproc.testing.drain import CANCEL_WAIT_S, STOP_MIN_S
 from tests.inproc import open_app, partition, settled
 
 pytest_plugins = ["pytester"]
@@ -134,6 +136,29 @@ async def test_drain_timeout_says_what_is_left(ns: str, redis_url: str) -> None:
             await drain(app, timeout=0.3)
         with pytest.raises(ValueError, match="no handlers for group"):
             await drain(app, groups=["nobody"])
+
+
+async def test_drain_names_a_handler_that_swallows_cancellation(ns: str, redis_url: str) -> None:
+    """The drain's stop is bounded: a handler that catches CancelledError and carries on is named in an error
+    soon after the timeout, instead of hanging the test forever (or for a fixed 30 s)."""
+    async with open_app(ns, redis_url) as app:
+        gave_up = asyncio.Event()
+
+        @app.handler(Ordered, group="billing")
+        async def stubborn(event: Ordered, ctx: Context) -> None:
+            until = time.monotonic() + 6  # then it ends, so the test leaves nothing running
+            while time.monotonic() < until:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.sleep(0.02)
+            gave_up.set()
+
+        published = await app.publish(Ordered(order_id="o1"))
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match=rf"billing .*stubborn {published.event_id}") as stuck:
+            await drain(app, timeout=0.3)
+        assert time.monotonic() - started < 0.3 + STOP_MIN_S + CANCEL_WAIT_S + 1
+        assert "swallow CancelledError" in str(stuck.value)
+        await asyncio.wait_for(gave_up.wait(), timeout=10)
 
 
 async def test_bind_moves_an_app_to_a_namespace_and_back(ns: str, redis_url: str, redis: aioredis.Redis) -> None:
