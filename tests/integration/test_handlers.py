@@ -92,7 +92,7 @@ def test_app_declares_its_groups_and_partitioned_card_stream() -> None:
     assert tags == {
         "analytics": ["card.added", "card.removed", "collection.created", "url.shared", "user.followed"],
         "feeds": ["card.added", "url.shared"],
-        "notifications": ["card.added", "collection.created"],
+        "notifications": ["card.added", "collection.created", "notify.account"],
         "social-graph": ["user.followed"],
     }
     card_route = social_app.topology.route(CardAddedToLibrary)
