@@ -95,11 +95,12 @@ def resource(settings: Settings, service: str) -> Resource:
 def configure(settings: Settings, service: str, environ: Mapping[str, str]) -> Callable[[], object] | None:
     """Install an SDK TracerProvider as the global one if tracing is asked for and no provider is set yet.
     Returns its shutdown (which flushes the exporters), or None when nothing was installed."""
-    names = exporter_names(settings, environ)
-    if not names:
-        return None
+    # First: a disabled SDK reads no other OTEL_* setting, so one it would refuse (a protocol) is no error then.
     if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         log.info("OTEL_SDK_DISABLED=true: no tracing")
+        return None
+    names = exporter_names(settings, environ)
+    if not names:
         return None
     current = trace.get_tracer_provider()
     if not isinstance(current, trace.ProxyTracerProvider):

@@ -190,6 +190,15 @@ def test_sdk_disabled_installs_nothing(tmp_path: Path, ns: str, redis_url: str) 
     assert run.spans() == []
 
 
+def test_sdk_disabled_ignores_an_exporter_setting_it_would_refuse(tmp_path: Path, ns: str, redis_url: str) -> None:
+    """OTEL_SDK_DISABLED is read first: an unsupported OTLP protocol is then no configuration error (exit 2)."""
+    env = edge_env(tmp_path, ns, redis_url, OTEL_TRACES_EXPORTER="otlp", OTEL_EXPORTER_OTLP_PROTOCOL="http/json",
+                   OTEL_SDK_DISABLED="true")
+    run = run_script(PUBLISH, env, tmp_path)
+    assert run.entry == {"fields": ["data", "event_id", "occurred_at", "type"], "provider": "ProxyTracerProvider"}
+    assert "is not supported for traces" not in run.stderr
+
+
 def test_a_provider_set_before_the_edge_is_left_alone(tmp_path: Path, ns: str, redis_url: str) -> None:
     script = '''
 from opentelemetry import trace
@@ -321,8 +330,10 @@ async def test_otlp_export_reaches_a_collector(tmp_path: Path, ns: str, redis_ur
                        **protocol, **exporters)
         run = await run_script_async(PUBLISH, env, tmp_path)
         await wait_for(lambda: received.spans(), timeout=10)
-    assert received.spans() == [(f"send {ns}:ev:{{ping:0}}", received.spans()[0][1])]
-    assert received.spans()[0][1]["service.name"] == "exported"
+    [(name, resource)] = received.spans()  # exactly one span, exported once
+    assert name == f"send {ns}:ev:{{ping:0}}"
+    assert resource["service.name"] == "exported"
+    assert resource["telemetry.sdk.language"] == "python", "the SDK's resource defaults came along"
     assert [s["name"] for s in run.spans()] == ([f"send {ns}:ev:{{ping:0}}"] if "console" in str(exporters) else [])
 
 
