@@ -75,6 +75,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
         app = prepared_app(spec)
         app.settings = app.settings.replace(redis_url=redis_url, ingest_auth_disabled=True)
         instrument(app, "ingest")
-        status = eventloop.run(_run(app, args, redis_url))
+        try:
+            status = eventloop.run(_run(app, args, redis_url))
+        finally:
+            app.instruments.tracing.shutdown()  # flushes the exporters, as the worker and ingest commands do
     log.info("dev stopped")
     return status
