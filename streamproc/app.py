@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from datetime import timedelta, tzinfo
 from types import TracebackType
 from typing import Any, Generic, TypeVar, cast
 
@@ -20,10 +21,12 @@ from .observe.instruments import Instruments
 from .publish.coalesce import Coalescer
 from .publish.publisher import Outgoing, Published, Publisher
 from .redis.connection import redis_client
+from .schedule.declare import Misfire, Schedule, ScheduleFn, declare
 from .settings import Settings
 from .topology import StartAt, Topology, TypeRoute
 
 E = TypeVar("E", bound=Event)
+S = TypeVar("S", bound=ScheduleFn)
 HandlerFn = Callable[[E, Context], Coroutine[Any, Any, None]]  # an `async def`
 # Something handlers use in a worker process (an HTTP session, a client pool): opened when the worker starts and
 # closed after its groups have drained, so handlers never see it closed under them.
@@ -66,6 +69,7 @@ class App:
         self.instruments = Instruments()
         self.dev_services: list[DevService] = []
         self.worker_resources: list[WorkerResource] = []
+        self.schedules: dict[str, Schedule] = {}
         self._redis: aioredis.Redis | None = None
         self._publisher: Publisher | None = None
         self._coalescer: Coalescer | None = None
@@ -124,6 +128,28 @@ class App:
                 max_attempts=max_attempts, max_deliveries=max_deliveries or max_attempts + 2,
                 backoff=backoff or Backoff(), timeout=timeout, start=start, eager=eager,
             ))
+            return fn
+
+        return register
+
+    def cron(self, expression: str | None = None, *, name: str, every: timedelta | float | None = None,
+             tz: str | tzinfo = "UTC", misfire: Misfire = "latest", max_catchup: int = 100,
+             timeout: float | None = 60.0) -> Callable[[S], S]:
+        """Register `fn(tick) -> event | [events]` to run at each tick of a cron `expression` (5 fields, or 6 with
+        seconds first; read in time zone `tz`) or `every` interval (a timedelta or seconds, aligned to the epoch).
+
+        Every worker process evaluates it; each tick's events are appended once (event ids cron:{name}:{tick}), so
+        the function may run in several processes for one tick: keep it cheap and free of side effects, and let a
+        handler of its event do the work. `name` is the schedule's identity in Redis and in event ids: keep it
+        when renaming the function. Ticks missed while no worker ran: `misfire` "latest" (fire the most recent
+        once), "skip", or "all" (up to `max_catchup`). A plain function runs in a thread, an `async def` in the
+        worker's loop; either within `timeout` seconds (a tick that fails is retried at the next evaluation).
+        """
+        if name in self.schedules:
+            raise ConfigError(f"a schedule named {name!r} is registered already")
+
+        def register(fn: S) -> S:
+            self.schedules[name] = declare(fn, expression, every, name, tz, misfire, max_catchup, timeout)
             return fn
 
         return register

@@ -31,6 +31,12 @@ registry and checkpoints, as for any stream. A type without lanes keeps the keys
 
 Keys of no partition: {ns}:once:{group}:{event id}:{scope} (Context.once markers) and, at the ingest,
 {ns}:idem:{caller}:{sha256 of an Idempotency-Key} (the body fingerprint the key was first used with).
+Cron schedules (schedule/) keep one hash for the whole namespace, with a hash tag of its own; each schedule's
+fields are prefixed with its name (schedule names hold no colons):
+    {ns}:schedules:{schedules:{ns}}  hash: {name}:fired_tick (ms), {name}:fired_event_id (the tick's first event
+                                     id), {name}:fired_events (how many), {name}:fired_at (ms, Redis time),
+                                     {name}:paused_at (ms, while paused), {name}:resumed_at (ms, the last resume)
+A tick's events are deduplicated by their stream's {ns}:dedup:... markers, as any producer-given event id.
 """
 
 from __future__ import annotations
@@ -109,6 +115,11 @@ class PartitionKeys:
         if not (sep and brace and colon and partition.isdigit() and (not after or (after != lane and lane.isdigit()))):
             raise ValueError(f"{stream!r} is not a streamproc stream key")
         return cls(ns, tag, int(partition), int(lane) if after else None)
+
+
+def schedules_key(ns: str) -> str:
+    """The namespace's schedules hash: what each schedule fired last, and whether it is paused."""
+    return f"{ns}:schedules:{{schedules:{ns}}}"
 
 
 def partition_keys(ns: str, tag: str, partitions: int, lanes: int = 1) -> list[PartitionKeys]:

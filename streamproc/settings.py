@@ -32,6 +32,11 @@ _LIMITS: dict[str, tuple[float, float, str]] = {
     "claim_interval_ms": (10, math.inf, _LOOP),
     "retry_poll_ms": (10, math.inf, _LOOP),
     "trim_interval_ms": (10, math.inf, _LOOP),
+    "schedule_poll_ms": (10, 1_000, f"{_LOOP}; above a second, a pause or resume takes longer than a second to "
+                                    "reach every process"),
+    "schedule_grace_ms": (2_000, math.inf, "a tick must stay on time over two evaluations (schedule_poll_ms is at "
+                                           "most a second): else one found a little late counts as missed, and "
+                                           "with misfire='skip' never fires"),
     "dedup_window_ms": (1, math.inf, "Redis refuses an expiry of 0: every publish with an event id would append and "
                                      "then fail, and each retry of it would append another copy"),
     "redis_max_connections": (1, math.inf, "redis-py would take 0 for its default of 100"),
@@ -74,6 +79,12 @@ class Settings:
     # 0 turns the check off.
     max_backlog: int = 1_000_000
     backlog_check_ms: int = 1_000
+    # Cron schedules (app.cron): each worker process reads every schedule's state and Redis's clock in one call this
+    # often (and at each tick), so a pause or resume reaches every process within it. A tick found due within
+    # schedule_grace_ms of its time is on time and always fires; an older one was missed, and the schedule's
+    # misfire policy decides (schedule/misfire.py).
+    schedule_poll_ms: int = 1_000
+    schedule_grace_ms: int = 10_000
     # Fully acknowledged history is kept this long (so a new group can replay it) and at most this many entries
     # (retention_max_length 0: no length limit).
     retention_ms: int = 86_400_000

@@ -5,6 +5,7 @@ by the parser, the settings by Settings.from_env), and what it says is passed do
     options.py   options that fall back to variables; one-line usage errors; value types
     failures.py  exit statuses, and failures said in one line (the traceback only with --debug)
     serve.py     worker and ingest;  inspect.py  dlq, groups, token-hash;  dev: devtools/dev.py
+    schedules.py schedules list, pause, resume, trigger
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ..settings import ENV_PREFIX
 from .failures import run
 from .inspect import cmd_dlq_list, cmd_groups, cmd_token_hash
 from .parser import build_parser, variables
+from .schedules import cmd_schedules
 from .serve import cmd_ingest, cmd_worker
 
 __all__ = ["build_parser", "main"]
@@ -28,7 +30,7 @@ __all__ = ["build_parser", "main"]
 log = logging.getLogger("streamproc.cli")
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "worker": cmd_worker, "ingest": cmd_ingest, "dev": cmd_dev, "token-hash": cmd_token_hash, "dlq": cmd_dlq_list,
-    "groups": cmd_groups}
+    "groups": cmd_groups, "schedules": cmd_schedules}
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:

@@ -47,6 +47,8 @@ def build_parser(environ: Mapping[str, str] | None = None) -> Parser:
                                               "(orphans)", parser.environ), delete=False)
     _groups(_command(groups_commands, "delete-orphans", "delete the orphan groups and their retry bookkeeping "
                                                         "(needs --yes)", parser.environ), delete=True)
+    _schedules(_command(commands, "schedules", "list the app's cron schedules; pause, resume or trigger one",
+                        parser.environ))
     return parser
 
 
@@ -158,6 +160,23 @@ def _dlq_list(p: Parser) -> None:
     p.option("--limit", type=whole(1), default=1000, env=["STREAMPROC_LIMIT"], metavar="N",
              help="at most this many entries per dead-letter stream")
     _json(p, "a table")
+
+
+def _schedules(p: Parser) -> None:
+    commands = p.add_subparsers(dest="schedules_command", required=True, metavar="COMMAND", parser_class=Parser)
+    listing = _command(commands, "list", "list every schedule: its expression or interval, time zone, next fire, "
+                                         "last fired tick and event id, and whether it is paused", p.environ)
+    _common(listing)
+    _json(listing, "a table")
+    for name, help in (("pause", "pause a schedule in every worker process (within a second); its ticks are not "
+                                 "caught up later"),
+                       ("resume", "resume a paused schedule from its next tick (the paused ones are not caught up)"),
+                       ("trigger", "fire a schedule once now, paused or not (event ids cron:NAME:trigger:MOMENT, "
+                                   "never deduplicated against a tick)")):
+        sub = _command(commands, name, help, p.environ)
+        _common(sub)
+        sub.add_argument("name", metavar="NAME", help="the schedule's name (see `schedules list`)")
+        _json(sub, "a line")
 
 
 def _groups(p: Parser, delete: bool) -> None:

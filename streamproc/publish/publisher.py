@@ -70,6 +70,9 @@ class Prepared:
     dedup: bool
     span: Span | None = None
     reserved: bool = False  # counted in its stream's backlog estimate already (Publisher.reserve), with its batch
+    # How long its dedup marker lives, when the dedup window is not enough (a cron tick: schedule/misfire.py); 0:
+    # the window.
+    dedup_ms: int = 0
 
 
 @dataclass(slots=True)
@@ -194,7 +197,7 @@ class Publisher:
             for p in prepared:
                 nomkstream = p.keys.stream in self._grouped  # a stream with groups is made with them: _append_all
                 if p.dedup:
-                    keys, args = publish_once_call(p.keys, p.event_id, p.fields, window, nomkstream)
+                    keys, args = publish_once_call(p.keys, p.event_id, p.fields, p.dedup_ms or window, nomkstream)
                     await self._publish_once(keys=keys, args=args, client=pipe)
                 else:
                     pipe.xadd(p.keys.stream, p.fields, nomkstream=nomkstream)  # type: ignore[arg-type]

@@ -18,6 +18,7 @@ from ..settings import Settings
 from .group import GroupWorker
 from .loops import Recovery, until_done
 from .retention import maintain
+from .schedules import run_schedules
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ async def run_worker(app: App, stopping: asyncio.Event, groups: list[str] | None
             await resources.enter_async_context(resource())
         tasks = [tg.create_task(w.run()) for w in workers]
         tasks.append(tg.create_task(maintain(app, consumer, stopping, on_fatal)))
+        tasks.append(tg.create_task(run_schedules(app, stopping, on_fatal)))  # cron: every process evaluates
         await stopping.wait()
         for w in workers:
             w.stopping.set()

@@ -143,7 +143,8 @@ def test_help_shows_the_default_and_variables_of_every_option() -> None:
     paths = commands()
     assert sorted(" ".join(p) for p, _ in paths) == sorted([
         "", "worker", "ingest", "dev", "token-hash", "dlq", "dlq list", "groups", "groups list",
-        "groups delete-orphans"])
+        "groups delete-orphans", "schedules", "schedules list", "schedules pause", "schedules resume",
+        "schedules trigger"])
     checked = 0
     for path, parser in paths:
         done = streamproc(*path, "--help", env={"COLUMNS": "100"})
@@ -162,8 +163,8 @@ def test_help_shows_the_default_and_variables_of_every_option() -> None:
             else:
                 assert names and f"Env: {', else '.join(names)}." in block, (path, block)
             checked += 1
-    # --debug on top and on each of the 9 subcommand parsers, and 39 others (40 with --yes)
-    assert checked == 49
+    # --debug on top and on each of the 14 subcommand parsers, and 55 others (56 with --yes)
+    assert checked == 70
 
 
 def test_a_flag_that_sets_a_setting_uses_that_settings_variable() -> None:
