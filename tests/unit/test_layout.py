@@ -19,10 +19,11 @@ ALLOWED: dict[str, set[str]] = {
     "redis": {"errors", "settings"},
     "observe": {TOP},
     "publish": {TOP, "redis", "observe"},
-    "worker": {TOP, "redis", "observe", "publish"},
+    "schedule": {TOP, "redis", "observe", "publish"},
+    "worker": {TOP, "redis", "observe", "publish", "schedule"},
     "http": {TOP, "redis", "observe", "publish"},
-    "devtools": {TOP, "redis", "observe", "publish", "worker", "http"},
-    "cli": {TOP, "redis", "observe", "publish", "worker", "http", "devtools"},  # the edge: may use every wing
+    "devtools": {TOP, "redis", "observe", "publish", "schedule", "worker", "http"},
+    "cli": {TOP, "redis", "observe", "publish", "schedule", "worker", "http", "devtools"},  # the edge: every wing
     # What users plug into their own code (web frameworks, pytest); no wing imports them.
     "integrations": {TOP, "publish"},
     "testing": {TOP, "redis", "publish", "worker", "devtools"},
