@@ -27,7 +27,7 @@ from redis.exceptions import RedisError
 
 from ..app import App
 from ..errors import BacklogFull, ConfigError, PublishError
-from ..observe.metrics import Metrics, endpoint_registry
+from ..observe.metrics import Metrics, StreamStateCollector, endpoint_registry
 from ..publish.coalesce import Coalescer
 from ..publish.groups import ensure_app_groups
 from ..publish.publisher import Prepared
@@ -72,7 +72,9 @@ class Ingest:
             app.instruments.metrics = Metrics(CollectorRegistry())
         # Serve the registry the app's counters live in: when instrument() made them first (a metrics port in the
         # settings), that is the default registry, and serving only a private one lost every ingest request count.
-        self.scrape = endpoint_registry(app.topology, settings.redis_url, [app.instruments.metrics.registry])
+        self.state = StreamStateCollector(app.topology, settings.redis_url)  # a sync client: closed by _drain
+        self.scrape = endpoint_registry(app.topology, settings.redis_url, [app.instruments.metrics.registry],
+                                        self.state)
         self.coalescer = Coalescer(app.publisher, settings.ingest_coalesce_max)
         self.openapi = orjson.dumps(openapi_document(app.topology, app.name, auth=self.auth is not None))
         self.fast = FastIntake(app.topology)
@@ -109,6 +111,7 @@ class Ingest:
 
     async def _drain(self, _: web.Application) -> None:
         await self.coalescer.close()
+        self.state.close()
 
     @web.middleware
     async def _observe(self, request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -85,6 +85,10 @@ class StreamStateCollector(Collector):
         self.topology = topology
         self.redis = redis.Redis.from_url(redis_url, socket_timeout=2, retry=Retry(NoBackoff(), 0))
 
+    def close(self) -> None:
+        """Close its connection (from_url: the client owns its pool), when the endpoint stops serving."""
+        self.redis.close()
+
     def collect(self) -> Iterator[Metric]:
         labels = ["stream", "group"]
         families = (
@@ -196,7 +200,7 @@ class _Chain(Collector):
 
 
 def endpoint_registry(topology: Topology, redis_url: str, sources: Iterable[Collector | CollectorRegistry],
-                      ) -> CollectorRegistry:
+                      state: StreamStateCollector | None = None) -> CollectorRegistry:
     """What one /metrics endpoint serves: `sources` (the registry the app's counters live in, or a supervisor's
     MultiProcessCollector summing its children), the state read from Redis at scrape time (StreamStateCollector)
     and streamproc_build_info; each endpoint has one, so none of these is exposed twice.
@@ -205,8 +209,9 @@ def endpoint_registry(topology: Topology, redis_url: str, sources: Iterable[Coll
     PROMETHEUS_DISABLE_CREATED_SERIES variable, which it reads once, at import, so it must be set before anything
     imports it), so the process that serves an endpoint turns them off here, for every registry it serves. A
     supervisor's children need nothing: multiprocess files hold values only, and MultiProcessCollector yields no
-    `_created` samples."""
+    `_created` samples. Pass `state` to close its client when the endpoint stops (the ingest does)."""
     disable_created_metrics()  # type: ignore[no-untyped-call]
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Chain([*sources, StreamStateCollector(topology, redis_url), BuildInfo()]))
+    state = state or StreamStateCollector(topology, redis_url)
+    registry.register(_Chain([*sources, state, BuildInfo()]))
     return registry

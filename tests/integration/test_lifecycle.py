@@ -6,13 +6,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import gc
 from collections.abc import AsyncIterator
 
+import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
 from streamproc import Backoff, Context, Event
+from streamproc.observe.metrics import StreamStateCollector
 from tests.helpers import wait_for
+from tests.ingestserver import ingest_app, serving
 from tests.inproc import deadletters, open_app, partition, running
 from tests.redis_server import RedisServer
 
@@ -150,5 +154,34 @@ async def test_closing_the_app_closes_its_connections(ns: str, fresh_redis: Redi
 
         await wait_for(closed, timeout=5, message="the App's connections to close")
         assert client.connection_pool is not None
+    finally:
+        await observer.aclose()
+
+
+async def test_stopping_the_ingest_closes_the_metrics_connection(ns: str, fresh_redis: RedisServer) -> None:
+    """/metrics reads Redis with a sync client of its own (at scrape time): stopping the ingest closes it too."""
+    observer = aioredis.Redis.from_url(fresh_redis.url)
+
+    async def clients() -> int:
+        return int((await observer.info("clients"))["connected_clients"])
+
+    try:
+        alone = await clients()
+        app = ingest_app(ns, fresh_redis.url)
+        app.register(Ping)
+        async with serving(app) as server, aiohttp.ClientSession() as client:
+            async with client.get(f"{server.url}/metrics") as resp:
+                assert resp.status == 200
+                assert "streamproc_redis_up 1.0" in await resp.text()
+            # Held, so that garbage collection cannot close its socket for it once the ingest is gone.
+            [state] = [o for o in gc.get_objects() if isinstance(o, StreamStateCollector)
+                       and o.redis.connection_pool.connection_kwargs.get("port") == fresh_redis.port]
+            assert await clients() > alone
+
+        async def closed() -> bool:
+            return await clients() == alone
+
+        await wait_for(closed, timeout=5, message="the ingest's connections to close")
+        assert state.redis.connection_pool is not None
     finally:
         await observer.aclose()
