@@ -49,6 +49,12 @@ _ERRORS = {
     "429": "A stream's backlog is over its limit; retry after Retry-After",
     "503": "Redis unavailable, or the server is at its connection limit; retry after Retry-After",
 }
+# Any operation may answer these (405: another method on its path; 500: a failure of ours, without internals). A
+# path not listed answers 404: no operation of this document can declare it, so it is components.responses.NotFound.
+_ALWAYS = {"405": "This path does not take the method used; Allow lists those it does",
+           "500": "An unexpected error of the server (logged there; the problem carries no internals)"}
+_NOT_FOUND = "No such path (every path the ingest serves is in this document)"
+ALLOW = {"description": "The methods this path takes", "required": True, "schema": {"type": "string"}}
 _AT_LIMIT = "The server is at its connection limit; retry after Retry-After"
 _PROBLEM = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
 
@@ -58,7 +64,13 @@ def _error(description: str, status: str) -> dict[str, Any]:
     response: dict[str, Any] = {"description": description, "content": _PROBLEM}
     if status in ("429", "503"):
         response["headers"] = {"Retry-After": {"$ref": "#/components/headers/RetryAfter"}}
+    elif status == "405":
+        response["headers"] = {"Allow": {"$ref": "#/components/headers/Allow"}}
     return response
+
+
+def _always() -> dict[str, Any]:
+    return {code: _error(text, code) for code, text in _ALWAYS.items()}
 
 
 def _event_schemas(topology: Topology) -> dict[str, Any]:
@@ -98,7 +110,8 @@ def openapi_document(topology: Topology, title: str, auth: bool = True) -> dict[
                  "discriminator": {"propertyName": "type", "mapping": mapping}}
     schemas.update({"AnyEvent": one_event, "Problem": PROBLEM, "Accepted": ACCEPTED, "Healthy": HEALTHY,
                     "Ready": READY})
-    components: dict[str, Any] = {"schemas": schemas, "headers": {"RetryAfter": RETRY_AFTER}}
+    components: dict[str, Any] = {"schemas": schemas, "headers": {"RetryAfter": RETRY_AFTER, "Allow": ALLOW},
+                                  "responses": {"NotFound": _error(_NOT_FOUND, "404")}}
     if auth:
         components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     return {
@@ -117,6 +130,7 @@ def _post_events(auth: bool) -> dict[str, Any]:
     responses: dict[str, Any] = {"202": {"description": "Every event of the request was appended",
                                          "content": {JSON: {"schema": {"$ref": "#/components/schemas/Accepted"}}}}}
     responses.update({code: _error(text, code) for code, text in _ERRORS.items() if auth or code != "401"})
+    responses.update(_always())
     return {
         "operationId": "postEvents", "summary": "Append one event or a batch (all or nothing)",
         "security": [{"bearer": []}] if auth else [],
@@ -132,7 +146,7 @@ def _open_paths() -> dict[str, Any]:
     """The operations anyone may call (`security: []`): the probes, the metrics and this document."""
     def get(operation_id: str, summary: str, ok: dict[str, Any], unavailable: str = _AT_LIMIT) -> dict[str, Any]:
         return {"get": {"operationId": operation_id, "summary": summary, "security": [],
-                        "responses": {"200": ok, "503": _error(unavailable, "503")}}}
+                        "responses": {"200": ok, "503": _error(unavailable, "503"), **_always()}}}
 
     def content(media_types: tuple[str, ...], schema: dict[str, Any], description: str) -> dict[str, Any]:
         return {"description": description, "content": {media: {"schema": schema} for media in media_types}}

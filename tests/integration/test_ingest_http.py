@@ -190,7 +190,13 @@ async def test_openapi_declares_security_retry_after_paths_and_version(ns: str, 
     retry_after = {"$ref": "#/components/headers/RetryAfter"}
     assert document["components"]["headers"]["RetryAfter"]["schema"] == {"type": "integer", "minimum": 0}
     errors = [(path, status, r) for path, status, r in responses(document) if int(status) >= 400]
-    assert len(errors) == 8 + 4  # every error of /v1/events, and the 503 of the four others
+    assert len(errors) == 8 + 4 + 5 * 2  # every error of /v1/events, the 503 of the four others, 405 and 500 of all
+    assert {status for _, status, _ in errors if status in ("405", "500")} == {"405", "500"}
+    for path, status, response in errors:
+        assert ("Allow" in response.get("headers", {})) == (status == "405"), (path, status)
+    assert document["components"]["headers"]["Allow"]["schema"] == {"type": "string"}
+    not_found = document["components"]["responses"]["NotFound"]
+    assert not_found["content"] == {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
     for path, status, response in errors:
         assert response["content"] == {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
         has_retry_after = response.get("headers", {}).get("Retry-After") == retry_after
