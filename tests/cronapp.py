@@ -1,6 +1,7 @@
 """The app the schedule tests run in real processes: `python -m streamproc worker tests.cronapp:app`, and the
 `streamproc schedules` commands. Its namespace comes from CRONAPP_NS. Its handler counts runs per event id in
-`{ns}:runs` (a hash), with the app's own client, for the test to read back."""
+`{ns}:runs` (a hash) and the every-second function its runs per tick in `{ns}:calls`, with the app's own client,
+for the test to read back."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ app = App(NS)
 
 
 @app.cron(every=timedelta(seconds=1), name="every-second")
-def every_second(tick: datetime) -> Tick:
+async def every_second(tick: datetime) -> Tick:
+    await app.redis.hincrby(f"{NS}:calls", tick.isoformat(), 1)  # how many processes evaluated this tick
     return Tick(schedule="every-second", at=tick.isoformat())
 
 
