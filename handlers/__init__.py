@@ -6,12 +6,14 @@
     feeds          card.added, url.shared           -> a capped home feed per follower (naturally idempotent)
     analytics      card.added, card.removed, url.shared, collection.created, user.followed
                                                     -> daily counters per type and user (deduplicated)
+    digest         digest.due, from the cron schedule "daily-digest" (06:00 UTC, one append a day whatever the
+                   number of workers) -> the day's digest from the analytics counters
 
 Importing the handler modules here registers their handlers with `handlers.app.app`. Beside them: notifier.py
 (the Notifier interface and its HTTP default), sink.py (a local endpoint for it, run by `streamproc dev`) and
 traffic.py (a generator of plausible traffic, posted to the ingest endpoint; used by the demo).
 """
 
-from handlers import analytics, feeds, notifications, social_graph
+from handlers import analytics, digest, feeds, notifications, social_graph
 
-__all__ = ["analytics", "feeds", "notifications", "social_graph"]
+__all__ = ["analytics", "digest", "feeds", "notifications", "social_graph"]

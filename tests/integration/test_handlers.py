@@ -91,6 +91,7 @@ def test_app_declares_its_groups_and_partitioned_card_stream() -> None:
     tags = {group: sorted(h.route.tag for h in hs) for group, hs in social_app.groups().items()}
     assert tags == {
         "analytics": ["card.added", "card.removed", "collection.created", "url.shared", "user.followed"],
+        "digest": ["digest.due"],
         "feeds": ["card.added", "url.shared"],
         "notifications": ["card.added", "collection.created", "notify.account"],
         "social-graph": ["user.followed"],
@@ -99,6 +100,7 @@ def test_app_declares_its_groups_and_partitioned_card_stream() -> None:
     assert [k.stream for k in card_route.partitions] == [f"social:ev:{{card.added:{p}}}" for p in range(4)]
     assert "card.removed" in social_app.topology.by_tag
     assert len(social_app.dev_services) == 1  # the notification sink, for `streamproc dev`
+    assert sorted(social_app.schedules) == ["daily-digest"]
 
 
 # social-graph --------------------------------------------------------------------------------------------------
