@@ -8,8 +8,6 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator
 
-from redis import exceptions as rx
-
 from ..errors import ConfigError, StreamprocError
 from .options import redacted
 
@@ -30,6 +28,8 @@ class CommandFailed(StreamprocError):
 def reaching_redis(url: str) -> Iterator[None]:
     """Turn a Redis that cannot be reached (or that refuses a command) into one line naming it, without its
     password."""
+    from redis import exceptions as rx  # here: commands that never reach Redis (token-hash) do not import it
+
     try:
         yield
     except rx.ResponseError as exc:
@@ -63,8 +63,17 @@ def run(command: Callable[[], int], debug: bool) -> int:
         return _report(exc, USAGE, debug)
     except StreamprocError as exc:
         return _report(exc, FAILED, debug)
-    except (rx.RedisError, OSError) as exc:  # not translated above: still one line, but with its kind
+    except Exception as exc:
+        if not isinstance(exc, (OSError, *_redis_errors())):
+            raise
+        # Not translated above: still one line, but with its kind.
         return _report(f"{type(exc).__name__}: {_said(exc)}", FAILED, debug)
+
+
+def _redis_errors() -> tuple[type[Exception], ...]:
+    """redis-py's base error if redis-py was imported (if it was not, nothing raised one), without importing it."""
+    rx = sys.modules.get("redis.exceptions")
+    return () if rx is None else (rx.RedisError,)
 
 
 def _report(problem: BaseException | str | None, status: int, debug: bool) -> int:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import getpass
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -15,7 +14,6 @@ from typing import TypeVar
 import msgspec
 
 from ..app import App
-from ..http.auth import token_digest
 from ..publish.inventory import GroupRow, delete_orphans, list_groups
 from ..worker.deadletter import DeadLettered, read_deadletters
 from ..worker.supervisor import prepared_app
@@ -80,32 +78,6 @@ def cmd_groups(args: argparse.Namespace) -> int:
     if args.groups_command == "delete-orphans" and not deleting and rows:
         raise UsageError(f"{len(rows)} orphan group(s) listed, none deleted: add --yes to delete them")
     return 0
-
-
-def cmd_token_hash(args: argparse.Namespace) -> int:
-    """The digest to configure for a token read from stdin (a prompt without echo on a terminal). A token on the
-    command line is refused: other users see it in `ps`, and the shell keeps it in its history."""
-    if args.token is not None:
-        raise UsageError("token-hash reads the token from stdin, not from the command line (other users see "
-                         "arguments in ps, and shells keep them in their history): streamproc token-hash < FILE")
-    token = _read_token()
-    digest = token_digest(token)
-    sys.stdout.write((msgspec.json.encode({"sha256": digest}).decode() if args.json else digest) + "\n")
-    return 0
-
-
-def _read_token() -> str:
-    try:
-        raw = getpass.getpass("token: ") if sys.stdin.isatty() else sys.stdin.buffer.read().decode()
-    except UnicodeDecodeError:
-        raise UsageError("token-hash read a token that is not UTF-8 text from stdin") from None
-    # The ingest strips a presented token, so surrounding whitespace (a file's newline) can never be part of one.
-    token = raw.strip()
-    if not token:
-        raise UsageError("token-hash read an empty token from stdin")
-    if "\n" in token or "\r" in token:
-        raise UsageError("token-hash read more than one line from stdin: give one token per call")
-    return token
 
 
 def _print_groups(rows: list[GroupRow], command: str, deleted: bool) -> None:

@@ -139,7 +139,36 @@ def test_version() -> None:
         assert (done.returncode, done.stdout, done.stderr) == (0, f"streamproc {__version__}\n", "")
 
 
-def test_help_shows_the_default_and_variables_of_every_option() -> None:
+def test_help_runs_as_a_command() -> None:
+    """One --help through a real process (the walk below formats each parser's help in-process)."""
+    done = streamproc("--help", env={"COLUMNS": "100"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: streamproc")
+    for name in ("worker", "ingest", "dev", "token-hash", "dlq", "groups", "schedules"):
+        assert name in done.stdout
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["token-hash"], ["worker", "--help"]])
+def test_light_commands_import_nothing_heavy(argv: list[str]) -> None:
+    """--version, --help and token-hash start fast: they import neither redis-py, aiohttp nor the App (each
+    command's module is imported when it runs, and streamproc's names when first used)."""
+    script = f"""
+import contextlib, io, sys
+from streamproc.cli import main
+sys.stdin = io.TextIOWrapper(io.BytesIO(b"a-token\\n"))
+with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):
+    main({argv!r}, environ={{}})
+print(sorted(m for m in ("redis", "aiohttp", "streamproc.app", "opentelemetry.trace")
+             if m in sys.modules))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=False,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[]", done.stdout
+
+
+def test_help_shows_the_default_and_variables_of_every_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "100")  # argparse wraps help to the terminal's width
     paths = commands()
     assert sorted(" ".join(p) for p, _ in paths) == sorted([
         "", "worker", "ingest", "dev", "token-hash", "dlq", "dlq list", "groups", "groups list",
@@ -147,9 +176,7 @@ def test_help_shows_the_default_and_variables_of_every_option() -> None:
         "schedules trigger"])
     checked = 0
     for path, parser in paths:
-        done = streamproc(*path, "--help", env={"COLUMNS": "100"})
-        assert done.returncode == 0, done.stderr
-        blocks = help_blocks(done.stdout)
+        blocks = help_blocks(parser.format_help())
         env_of = {o.dest: o.names for o in getattr(parser, "env_options", [])}
         for action in parser._actions:
             if not action.option_strings or action.option_strings[0] in TOP_LEVEL_ONLY:
