@@ -2,7 +2,9 @@
 
     social-graph   user.followed                    -> who follows whom
     notifications  card.added, collection.created   -> a push per follower through the Notifier, and a capped
-                                                       notification list per follower (both deduplicated)
+                                                       notification list per follower (both deduplicated);
+                                                       schedules each follower's delayed unread reminder
+    reminders      reminder.unread (delayed)        -> "you have N unread notifications", one a day at most
     feeds          card.added, url.shared           -> a capped home feed per follower (naturally idempotent)
     analytics      card.added, card.removed, url.shared, collection.created, user.followed
                                                     -> daily counters per type and user (deduplicated)
@@ -14,6 +16,6 @@ Importing the handler modules here registers their handlers with `handlers.app.a
 traffic.py (a generator of plausible traffic, posted to the ingest endpoint; used by the demo).
 """
 
-from handlers import analytics, digest, feeds, notifications, social_graph
+from handlers import analytics, digest, feeds, notifications, reminders, social_graph
 
-__all__ = ["analytics", "digest", "feeds", "notifications", "social_graph"]
+__all__ = ["analytics", "digest", "feeds", "notifications", "reminders", "social_graph"]

@@ -108,9 +108,10 @@ def dev_command(args: argparse.Namespace, endpoints: Endpoints) -> list[str]:
 
 
 def dev_environment(args: argparse.Namespace, endpoints: Endpoints) -> dict[str, str]:
-    """The dev process's environment: ours, plus where its sink listens and how often it fails on purpose."""
+    """The dev process's environment: ours, plus where its sink listens, how often it fails on purpose, and unread
+    reminders a second after a notification (not an hour), so that the demo shows delayed events too."""
     return {**os.environ, "SINK_PORT": str(endpoints.sink_port), "SINK_FAIL_503": str(args.fail_503),
-            "SINK_FAIL_400": str(args.fail_400)}
+            "SINK_FAIL_400": str(args.fail_400), "REMIND_AFTER_S": os.environ.get("REMIND_AFTER_S", "1")}
 
 
 class Demo:

@@ -65,3 +65,10 @@ class AccountNotice(Event, tag="notify.account"):
     kind: str  # "password_reset", "new_sign_in", "tip"
     text: str
     url: str | None = None
+
+
+class UnreadNotificationsReminder(Event, tag="reminder.unread"):
+    """Remind `user_id` of the notifications they have not read. Published delayed by the notifications group
+    (`delay=`), with the event id `unread:{user_id}`: while one waits, more notifications schedule no other."""
+
+    user_id: str

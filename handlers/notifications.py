@@ -23,10 +23,10 @@ import msgspec
 from redis.commands.core import AsyncScript
 
 from handlers.app import app, services
-from handlers.events import AccountNotice, CardAddedToLibrary, CollectionCreated
+from handlers.events import AccountNotice, CardAddedToLibrary, CollectionCreated, UnreadNotificationsReminder
 from handlers.notifier import Notifier
 from handlers.social_graph import followers_of
-from streamproc import App, Context, DeadLetter, Published, Retry
+from streamproc import App, Context, DeadLetter, Outgoing, Published, Retry
 
 # Each user keeps their newest notifications only.
 NOTIFICATIONS_KEPT = 100
@@ -63,6 +63,13 @@ def notifications_key(ns: str, user_id: str) -> str:
 def marker_key(ctx: Context, user_id: str) -> str:
     # The scope ends with the recipient's hash tag, so marker and list share a Cluster slot.
     return ctx.idempotency_key(f"notify:{{{user_id}}}")
+
+
+def reminders_for(user_ids: list[str]) -> list[Outgoing]:
+    """A delayed "you have unread notifications" reminder per user (group "reminders", reminders.py), its event id
+    `unread:{user}`: deduplicated, so one waits per user at most, and one is sent per dedup window at most."""
+    return [Outgoing(UnreadNotificationsReminder(user_id=u), event_id=f"unread:{u}", delay=services.remind_after)
+            for u in user_ids]
 
 
 async def not_yet_notified(ctx: Context, recipients: list[str]) -> list[str]:
@@ -135,6 +142,8 @@ async def notify_followers(ctx: Context, actor_id: str, note: Notification, noti
     if len(todo) < len(followers):
         ctx.log.info("%d of %d followers were already notified (redelivery)", len(followers) - len(todo),
                      len(followers))
+    if todo:  # before the pushes, so a failed fan-out loses no reminder; one per user waits at most (reminders.py)
+        await services.publish(reminders_for(todo))
     return await deliver(ctx, todo, note, notifier) if todo else 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from datetime import timedelta, tzinfo
+from datetime import datetime, timedelta, tzinfo
 from types import TracebackType
 from typing import Any, Generic, TypeVar, cast
 
@@ -19,6 +19,7 @@ from .event import Event
 from .keys import check_namespace
 from .observe.instruments import Instruments
 from .publish.coalesce import Coalescer
+from .publish.delayed import cancel_delayed
 from .publish.publisher import Outgoing, Published, Publisher
 from .redis.connection import redis_client
 from .schedule.declare import Misfire, Schedule, ScheduleFn, declare
@@ -175,12 +176,16 @@ class App:
         return self._publisher
 
     async def publish(self, event: Event, *, event_id: str | None = None,
-                      partition_key: str | None = None, priority: int | None = None) -> Published:
+                      partition_key: str | None = None, priority: int | None = None,
+                      delay: float | timedelta | None = None, at: datetime | None = None) -> Published:
         """Append one event. Give `event_id` to make re-publishing it within the dedup window a no-op, `priority`
         to choose its lane (a type with priority lanes: 0 is the most urgent; default: its `default_priority`).
+        `delay` (seconds or a timedelta) or `at` (an aware datetime) append it later, at its due time: until then
+        no group sees it (see publish/delayed.py; `cancel_delayed` takes it back).
 
         Concurrent calls share pipelined round trips: a call waits at most for the append in flight before it."""
-        prepared = self.publisher.prepare([Outgoing(event, event_id, partition_key, priority=priority)])
+        prepared = self.publisher.prepare([Outgoing(event, event_id, partition_key, priority=priority, delay=delay,
+                                                    at=at)])
         if self._coalescer is None:
             self._coalescer = Coalescer(self.publisher, self.settings.ingest_coalesce_max, atomic=False)
         return (await self._coalescer.submit(prepared))[0]
@@ -189,6 +194,13 @@ class App:
         """Append many events in one pipelined round trip. With `atomic`, in one MULTI/EXEC: all or none
         (on a single Redis; on a Cluster, atomicity holds per partition)."""
         return await self.publisher.publish_many(events, atomic=atomic)
+
+    async def cancel_delayed(self, event_type: type[Event], event_id: str, partition_key: str | None = None,
+                             ) -> bool:
+        """Take back a delayed event that is still waiting: True if it was (it will not be appended), False if it
+        was appended already, cancelled, or never scheduled. `partition_key` as it was published with (a type with
+        a partition key field: that field's value), to find its partition."""
+        return await cancel_delayed(self.redis, self.topology, event_type, event_id, partition_key)
 
     async def aclose(self) -> None:
         if self._coalescer is not None:

@@ -17,6 +17,9 @@
     {ns}:checkpoints:{card.added:3}            hash: group -> the id it is recreated at if it vanishes while the
                                                stream does not (refreshed by maintenance)
     {ns}:trimlock:{card.added:3}               the consumer trimming the stream now (expires after one interval)
+    {ns}:delayed:{card.added:3}                sorted set: event id -> when its delayed event is due (ms, Redis time)
+    {ns}:delayedentries:{card.added:3}         hash: event id -> its entry packed (publish/delayed.py: the stream it
+                                               goes to, then its fields), appended to that stream when due
 
 A type with priority lanes (`Event.priorities` > 1) has one stream per lane of each partition, with the
 partition's hash tag (so every lane of a partition is in one slot, on Cluster too), and every key above except
@@ -37,6 +40,10 @@ fields are prefixed with its name (schedule names hold no colons):
                                      id), {name}:fired_events (how many), {name}:fired_at (ms, Redis time),
                                      {name}:paused_at (ms, while paused), {name}:resumed_at (ms, the last resume)
 A tick's events are deduplicated by their stream's {ns}:dedup:... markers, as any producer-given event id.
+A delayed event waits per partition, whatever its lane (the entry names its lane's stream). The namespace's index
+of delayed events, a hint the movers poll (worker/promote.py), has a hash tag of its own, {ns}:
+    {ns}:delayedindex:{ns}     sorted set: partition ("card.added:3") -> at most its earliest due (ms)
+    {ns}:delayedversions:{ns}  hash: partition -> how often publishers touched its index entry (compare-and-set)
 """
 
 from __future__ import annotations
@@ -104,6 +111,17 @@ class PartitionKeys:
     def trim_lock(self) -> str:
         return f"{self.ns}:trimlock:{self.scope}"
 
+    def delayed(self) -> str:
+        return f"{self.ns}:delayed:{self.hash_tag}"
+
+    def delayed_entries(self) -> str:
+        return f"{self.ns}:delayedentries:{self.hash_tag}"
+
+    @property
+    def member(self) -> str:
+        """The partition's name in the namespace's delayed index: its hash tag's content, "card.added:3"."""
+        return f"{self.tag}:{self.partition}"
+
     @classmethod
     def of_stream(cls, stream: str) -> PartitionKeys:
         """The keys of the stream `stream` (a partition's, or a lane's: namespaces and tags hold no colons or
@@ -115,6 +133,11 @@ class PartitionKeys:
         if not (sep and brace and colon and partition.isdigit() and (not after or (after != lane and lane.isdigit()))):
             raise ValueError(f"{stream!r} is not a streamproc stream key")
         return cls(ns, tag, int(partition), int(lane) if after else None)
+
+
+def delayed_index(ns: str) -> tuple[str, str]:
+    """The namespace's delayed-event index and its versions hash (one hash tag, so one script holds both)."""
+    return f"{ns}:delayedindex:{{{ns}}}", f"{ns}:delayedversions:{{{ns}}}"
 
 
 def schedules_key(ns: str) -> str:

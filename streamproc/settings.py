@@ -31,6 +31,8 @@ _LIMITS: dict[str, tuple[float, float, str]] = {
     "batch_size": (1, math.inf, "a read of 0 entries reads nothing"),
     "claim_interval_ms": (10, math.inf, _LOOP),
     "retry_poll_ms": (10, math.inf, _LOOP),
+    "delayed_poll_ms": (5, 1_000, f"{_LOOP}; above a second, delayed events are appended late by that much"),
+    "delayed_batch": (1, 100_000, "a move of 0 moves nothing, and one of more holds Redis for too long at once"),
     "trim_interval_ms": (10, math.inf, _LOOP),
     "schedule_poll_ms": (10, 1_000, f"{_LOOP}; above a second, a pause or resume takes longer than a second to "
                                     "reach every process"),
@@ -79,6 +81,14 @@ class Settings:
     # 0 turns the check off.
     max_backlog: int = 1_000_000
     backlog_check_ms: int = 1_000
+    # publish raises BacklogFull when a partition already holds this many delayed events waiting for their due time
+    # (publish/delayed.py). 0 turns the limit off.
+    max_delayed: int = 1_000_000
+    # How often each worker process asks Redis whether a delayed event is due (one call, whatever the number of
+    # types and partitions; sooner when the next due time is nearer), and how many due events one atomic move
+    # appends at most (worker/promote.py).
+    delayed_poll_ms: int = 50
+    delayed_batch: int = 500
     # Cron schedules (app.cron): each worker process reads every schedule's state and Redis's clock in one call this
     # often (and at each tick), so a pause or resume reaches every process within it. A tick found due within
     # schedule_grace_ms of its time is on time and always fires; an older one was missed, and the schedule's

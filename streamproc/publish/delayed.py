@@ -15,8 +15,8 @@ before: until then it is in no stream.
 So that an idle worker polls one key, not every partition, a namespace-wide index (keys.delayed_index: partition ->
 at most its earliest due, and a version per partition) tells movers where something is due. Publishers lower it
 after scheduling (delayed_touch.lua; a touch also bumps the partition's version); movers set it from what their
-move left (delayed_reindex.lua) only if the version is still the one they polled, so a touch they did not see
-always wins: the index never claims a partition is due later than it is. It lives in another slot than the
+move left (in their next poll, delayed_due.lua) only if the version is still the one they polled, so a touch they
+did not see always wins: the index never claims a partition is due later than it is. It lives in another slot than the
 partitions, so it is a separate call; what can go wrong between the calls is covered in worker/promote.py.
 
 Event ids: a delayed event keeps the id it gets here (returned in Published, for `cancel_delayed`). A producer-given

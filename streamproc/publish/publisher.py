@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 import msgspec
@@ -17,11 +18,12 @@ from ..errors import BacklogFull, PublishError
 from ..event import Event
 from ..keys import PartitionKeys
 from ..observe.instruments import Instruments
-from ..observe.telemetry import end_span, start_send
+from ..observe.telemetry import end_span
 from ..redis.resp import send_packed, text
-from ..redis.scripts import BACKLOG, PUBLISH_ONCE
+from ..redis.scripts import BACKLOG, DELAYED_TOUCH, PUBLISH_ONCE, SCHEDULE_DELAYED
 from ..settings import Settings
 from ..topology import StartAt, Topology, TypeRoute
+from .delayed import Due, Outcome, due_of, read_scheduled, schedule_calls, touch_call
 from .entries import (
     Prefixes,
     backlog_call,
@@ -34,6 +36,7 @@ from .entries import (
     route_entry,
 )
 from .groups import Wanted, ensure_declared
+from .state import start_spans
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +45,16 @@ REDECLARE_S = 86_400.0
 
 
 class Published(msgspec.Struct, frozen=True):
-    """Where an event went. `appended` is False when its id was already published within the dedup window."""
+    """Where an event went. `appended` is False when its id was already published within the dedup window, and
+    for a delayed event: `scheduled` is True when this call scheduled it, `due_ms` when it is due (epoch ms, Redis's
+    clock) if it waits now; its `stream_id` is known only once appended ('' until then)."""
 
     event_id: str
     stream: str
     stream_id: str
     appended: bool = True
+    scheduled: bool = False
+    due_ms: int | None = None
 
 
 class Outgoing(msgspec.Struct, frozen=True):
@@ -57,6 +64,9 @@ class Outgoing(msgspec.Struct, frozen=True):
     event_id: str | None = None
     partition_key: str | None = None
     priority: int | None = None  # the lane, for a type with priority lanes (0: most urgent); None: its default
+    # Append it later: `delay` seconds (or a timedelta) from now, or at an aware datetime (see publish/delayed.py).
+    delay: float | timedelta | None = None
+    at: datetime | None = None
 
 
 @dataclass(slots=True)
@@ -73,6 +83,7 @@ class Prepared:
     # How long its dedup marker lives, when the dedup window is not enough (a cron tick: schedule/misfire.py); 0:
     # the window.
     dedup_ms: int = 0
+    due: Due | None = None  # a delayed event: scheduled in its partition's delayed store, not appended now
 
 
 @dataclass(slots=True)
@@ -102,14 +113,19 @@ class Publisher:
         self._prefixes: Prefixes = {}
         self._publish_once = redis.register_script(PUBLISH_ONCE)
         self._backlog_script = redis.register_script(BACKLOG)
+        self._schedule_script = redis.register_script(SCHEDULE_DELAYED)
+        self._touch_script = redis.register_script(DELAYED_TOUCH)
 
     async def publish_many(self, items: Iterable[Event | Outgoing], atomic: bool = False) -> list[Published]:
         """Append all events in one pipelined round trip (plus one to create groups on first use)."""
         return await self.send(self.prepare(items), atomic)
 
     def prepare(self, items: Iterable[Event | Outgoing]) -> list[Prepared]:
-        """Encode and route events, and start their publish spans in the caller's trace context."""
-        return [self._prepare(item if isinstance(item, Outgoing) else Outgoing(item)) for item in items]
+        """Encode and route events, then start their publish spans in the caller's trace context (once all are
+        encoded: an event that fails to be leaves no span open)."""
+        prepared = [self._prepare(item if isinstance(item, Outgoing) else Outgoing(item)) for item in items]
+        start_spans(self._instruments.tracing, prepared)
+        return prepared
 
     async def send(self, prepared: list[Prepared], atomic: bool = False) -> list[Published]:
         """Append prepared events. With `atomic`, in one MULTI/EXEC, so that either all or none are appended."""
@@ -117,8 +133,12 @@ class Publisher:
             return []
         try:
             await self._ensure_ready(prepared)
-            await self.reserve(prepared, mark=False)
-            replies = await self._append_all(prepared, atomic)
+            if any(p.due is not None for p in prepared):
+                results = await self._send_with_delayed(prepared, atomic)
+            else:
+                await self.reserve(prepared, mark=False)
+                replies = await self._append_all(prepared, atomic)
+                results = [published_of(p, reply) for p, reply in zip(prepared, replies, strict=True)]
         except RedisError as exc:
             self._ready.clear()  # Redis may have restarted empty: create groups again before the next append
             error = not_confirmed(exc)
@@ -128,7 +148,35 @@ class Publisher:
             self._observe(prepared, exc)
             raise
         self._observe(prepared, None)
-        return [published_of(p, reply) for p, reply in zip(prepared, replies, strict=True)]
+        return results
+
+    async def _send_with_delayed(self, prepared: list[Prepared], atomic: bool) -> list[Published]:
+        """Append the events due now, then schedule the delayed ones (publish/delayed.py). With `atomic`, each part
+        is one MULTI/EXEC: all appends or none, all schedules or none."""
+        now = [p for p in prepared if p.due is None]
+        later = [p for p in prepared if p.due is not None]
+        await self.reserve(now, mark=False)
+        appended = iter(await self._append_all(now, atomic)) if now else iter(())
+        outcomes = iter(await self._schedule(later, atomic))
+        return [published_of(p, next(appended)) if p.due is None else published_delayed(p, next(outcomes))
+                for p in prepared]
+
+    async def _schedule(self, later: list[Prepared], atomic: bool) -> list[Outcome]:
+        """Schedule delayed events, one call per partition, then lower the index for them (after: see
+        publish/delayed.py). A full partition raises BacklogFull once the others are indexed."""
+        settings = self._settings
+        calls = schedule_calls(later, settings.dedup_window_ms, settings.max_delayed)
+        async with self._redis.pipeline(transaction=atomic) as pipe:
+            for call in calls:
+                await self._schedule_script(keys=call.names, args=call.args, client=pipe)
+            replies = await pipe.execute()
+        done = read_scheduled(calls, replies, len(later), settings.max_delayed)
+        if done.touches:
+            names, args = touch_call(later[0].keys.ns, done.touches)
+            await self._touch_script(keys=names, args=args)
+        if done.full is not None:
+            raise done.full
+        return [o for o in done.outcomes if o is not None]
 
     def abandon(self, prepared: list[Prepared], error: Exception) -> None:
         """Close the spans of prepared events that will not be sent."""
@@ -147,9 +195,8 @@ class Publisher:
         route, keys, event_id, fields = route_entry(self._topology, out.event, out.event_id, out.partition_key,
                                                     out.priority)
         prepared = Prepared(keys, route, event_id, fields, dedup=out.event_id is not None)
-        tracer = self._instruments.tracing.tracer()  # None while no TracerProvider is set: one cheap check
-        if tracer is not None:
-            prepared.span = start_send(tracer, fields, keys, event_id)
+        if out.delay is not None or out.at is not None:
+            prepared.due = due_of(out.delay, out.at)
         return prepared
 
     async def _ensure_ready(self, prepared: list[Prepared]) -> None:
@@ -226,6 +273,9 @@ class Publisher:
         if len(prepared) == 1:
             await self._reserve_one(prepared[0], limit, mark)
             return
+        prepared = due_now(prepared)  # delayed events count against max_delayed instead, when scheduled
+        if not prepared:
+            return
         streams = {p.keys.stream for p in prepared}
         counts = {s: len(prepared) for s in streams} if len(streams) == 1 else count_by_stream(prepared)
         now = time.monotonic()
@@ -244,6 +294,8 @@ class Publisher:
 
     async def _reserve_one(self, p: Prepared, limit: int, mark: bool) -> None:
         """`reserve` for one event (App.publish), the common case, without the per-batch bookkeeping."""
+        if p.due is not None:
+            return
         stream = p.keys.stream
         backlog = self._backlogs.get(stream)
         now = time.monotonic()
@@ -276,11 +328,26 @@ class Publisher:
         return backlog_call(p.keys, groups, self._settings.max_backlog)
 
 
+def due_now(prepared: list[Prepared]) -> list[Prepared]:
+    """The events of a batch that are appended now (not delayed): the batch itself when none is delayed."""
+    if any(p.due is not None for p in prepared):
+        return [p for p in prepared if p.due is None]
+    return prepared
+
+
 def count_by_stream(prepared: list[Prepared]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for p in prepared:
         counts[p.keys.stream] = counts.get(p.keys.stream, 0) + 1
     return counts
+
+
+def published_delayed(p: Prepared, outcome: Outcome) -> Published:
+    """What scheduling one delayed event did (publish/delayed.Outcome)."""
+    if outcome.state == "appended":
+        return Published(p.event_id, p.keys.stream, outcome.value, appended=False)
+    return Published(p.event_id, p.keys.stream, "", appended=False, scheduled=outcome.state == "scheduled",
+                     due_ms=int(float(outcome.value)))
 
 
 def published_of(p: Prepared, reply: object) -> Published:

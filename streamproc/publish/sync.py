@@ -35,6 +35,7 @@ from ..redis.connection import sync_redis_client
 from ..redis.scripts import BACKLOG, CANCEL_DELAYED, DELAYED_TOUCH, ENSURE_GROUP, PUBLISH_ONCE, SCHEDULE_DELAYED
 from ..settings import Settings
 from ..topology import StartAt, Topology
+from .delayed import Outcome, cancel_call, cancel_targets, due_of, read_scheduled, schedule_calls, touch_call
 from .entries import (
     Prefixes,
     backlog_call,
@@ -47,7 +48,6 @@ from .entries import (
     route_entry,
 )
 from .groups import Wanted, ensure_call, read_ensured
-from .delayed import Outcome, cancel_call, cancel_targets, due_of, read_scheduled, schedule_calls, touch_call
 from .publisher import (
     REDECLARE_S,
     Outgoing,

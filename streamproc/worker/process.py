@@ -17,6 +17,7 @@ from ..redis.server import check_server
 from ..settings import Settings
 from .group import GroupWorker
 from .loops import Recovery, until_done
+from .promote import promote
 from .retention import maintain
 from .schedules import run_schedules
 
@@ -64,6 +65,7 @@ async def run_worker(app: App, stopping: asyncio.Event, groups: list[str] | None
         tasks = [tg.create_task(w.run()) for w in workers]
         tasks.append(tg.create_task(maintain(app, consumer, stopping, on_fatal)))
         tasks.append(tg.create_task(run_schedules(app, stopping, on_fatal)))  # cron: every process evaluates
+        tasks.append(tg.create_task(promote(app, stopping, on_fatal)))  # delayed events: every process moves them
         await stopping.wait()
         for w in workers:
             w.stopping.set()

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-from streamproc import App, BacklogFull, Context, Event, InvalidEvent, Outgoing, partition_of
+from streamproc import App, BacklogFull, Context, Event, InvalidEvent, Outgoing, SyncPublisher, partition_of
 from streamproc.keys import PartitionKeys, delayed_index
 from streamproc.redis.errors import FatalRedisError
 from streamproc.worker.promote import Promoter, promote
@@ -296,3 +296,22 @@ async def test_idle_cost_does_not_grow_with_partitions(ns: str, fresh_redis: Red
         one, many = await commands_in_a_second(small), await commands_in_a_second(wide)
     assert one <= 30 and many <= 30, f"idle commands in 1 s: {one} for 1 partition, {many} for 400"
     assert many <= one + 3, f"idle commands in 1 s: {one} for 1 partition, {many} for 400"
+
+
+async def test_sync_publisher_schedules_and_cancels(ns: str, redis_url: str, redis: aioredis.Redis) -> None:
+    calls = Calls()
+    async with open_app(ns, redis_url) as app:
+        app.handler(Reminder, group="g")(handler_recording(calls))
+        with SyncPublisher(app) as sync:
+            first = await asyncio.to_thread(sync.publish, Reminder(user_id="u1"), event_id="s1", delay=0.3)
+            again = await asyncio.to_thread(sync.publish, Reminder(user_id="u1"), event_id="s1", delay=0.3)
+            dropped, now = await asyncio.to_thread(sync.publish_many, [
+                Outgoing(Reminder(user_id="u2"), delay=timedelta(seconds=0.3)), Outgoing(Reminder(user_id="u3"))])
+            assert first.scheduled and not again.scheduled and again.due_ms == first.due_ms
+            assert dropped.scheduled and now.appended and now.stream_id
+            assert await asyncio.to_thread(sync.cancel_delayed, Reminder, dropped.event_id) is True
+            assert await asyncio.to_thread(sync.cancel_delayed, Reminder, dropped.event_id) is False
+        async with running(app) as worker:
+            await worker.wait_for(lambda: calls.total("g") == 2)
+        assert calls.of("g") == Counter({"s1": 1, now.event_id: 1})
+        assert await appended_ids(redis, partition(app, Reminder).stream) == Counter({"s1": 1, now.event_id: 1})

@@ -27,7 +27,7 @@ def test_a_bounded_demo_run_processes_events_and_exits_cleanly() -> None:
     assert done.returncode == 0, output
     final = done.stdout[done.stdout.index("\nfinal "):]
     processed = {group: int(n) for group, n in re.findall(r"^\s+(\S+)\s+processed=(\d+)", final, re.M)}
-    assert set(processed) == {"analytics", "digest", "feeds", "notifications", "social-graph"}, output
+    assert set(processed) == {"analytics", "digest", "feeds", "notifications", "reminders", "social-graph"}, output
     # the digest's schedule fires at 06:00 UTC, not within a 3-second demo
     assert all(n > 0 for group, n in processed.items() if group != "digest"), output
     assert re.search(r"^final\s+posted=\d+\s+sink: accepted=[1-9]\d*", final, re.M), output

@@ -16,15 +16,22 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
-from handlers import analytics, feeds, notifications, social_graph
+from handlers import analytics, feeds, notifications, reminders, social_graph
 from handlers.analytics import counters_key
 from handlers.app import app as social_app
 from handlers.app import services
-from handlers.events import CardAddedToLibrary, CardRemoved, CollectionCreated, UrlShared, UserFollowed
+from handlers.events import (
+    CardAddedToLibrary,
+    CardRemoved,
+    CollectionCreated,
+    UnreadNotificationsReminder,
+    UrlShared,
+    UserFollowed,
+)
 from handlers.feeds import feed_key
 from handlers.notifications import Notification, notifications_key
 from handlers.social_graph import followers_key
-from streamproc import App, Context, DeadLetter, Event, Retry, key_slot, new_event_id
+from streamproc import App, Context, DeadLetter, Event, Outgoing, Retry, key_slot, new_event_id
 from tests.inproc import open_app, running
 
 T0 = 1_700_000_000_000  # 2023-11-14T22:13:20Z
@@ -54,6 +61,18 @@ def notifier(monkeypatch: pytest.MonkeyPatch) -> Iterator[RecordingNotifier]:
     recording = RecordingNotifier()
     monkeypatch.setattr(services, "notifier", recording)
     yield recording
+
+
+@pytest.fixture(autouse=True)
+def published(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Outgoing]]:
+    """What handlers publish through `services.publish` (the global app's publisher would talk to its own Redis)."""
+    seen: list[Outgoing] = []
+
+    async def record(items: list[Outgoing]) -> None:
+        seen.extend(items)
+
+    monkeypatch.setattr(services, "publish", record)
+    yield seen
 
 
 def context(redis: aioredis.Redis, ns: str, group: str, event: Event, *, event_id: str | None = None,
@@ -94,6 +113,7 @@ def test_app_declares_its_groups_and_partitioned_card_stream() -> None:
         "digest": ["digest.due"],
         "feeds": ["card.added", "url.shared"],
         "notifications": ["card.added", "collection.created", "notify.account"],
+        "reminders": ["reminder.unread"],
         "social-graph": ["user.followed"],
     }
     card_route = social_app.topology.route(CardAddedToLibrary)
@@ -409,3 +429,38 @@ async def test_the_app_end_to_end_through_a_worker(redis: aioredis.Redis, ns: st
         assert {n.event_id for n in await notifications_of(redis, ns, "carol")} == ids
         assert notifier.recipients() == {"bob": 20, "carol": 20}
         assert await counters(redis, ns, "followers-gained", day=today) == {"alice": 2}
+
+
+# reminders -----------------------------------------------------------------------------------------------------
+
+
+async def test_notified_followers_get_one_delayed_unread_reminder_each(redis: aioredis.Redis, ns: str,
+                                                                       published: list[Outgoing]) -> None:
+    for user in ("bob", "carol"):
+        await follow(redis, ns, user, "alice")
+    for i in range(3):
+        card = CardAddedToLibrary(card_id=f"c{i}", curator_id="alice", title=f"t{i}")
+        await notifications.card_added(card, context(redis, ns, "notifications", card, at_ms=T0 + i))
+    assert [(o.event_id, o.delay, type(o.event).__name__) for o in published] == [
+        (f"unread:{user}", services.remind_after, "UnreadNotificationsReminder")
+        for _ in range(3) for user in ("bob", "carol")]  # the same ids each time: the dedup keeps one waiting
+
+
+async def test_an_unread_reminder_counts_what_was_not_read_and_is_pushed_once(
+        redis: aioredis.Redis, ns: str, notifier: RecordingNotifier) -> None:
+    await follow(redis, ns, "bob", "alice")
+    for i in range(3):
+        card = CardAddedToLibrary(card_id=f"c{i}", curator_id="alice", title=f"t{i}")
+        await notifications.card_added(card, context(redis, ns, "notifications", card, at_ms=T0 + i))
+    notifier.sent.clear()
+    await reminders.mark_read(redis, ns, "bob", T0)  # bob read the first one
+    event = UnreadNotificationsReminder(user_id="bob")
+    ctx = context(redis, ns, "reminders", event, event_id="unread:bob")
+    await reminders.remind_unread(event, ctx)
+    await reminders.remind_unread(event, ctx)  # redelivered
+    assert [(user, payload["unread"], payload["text"]) for user, payload in notifier.sent] == [
+        ("bob", 2, "You have 2 unread notifications")]
+    await reminders.mark_read(redis, ns, "bob", T0 + 10)
+    later = UnreadNotificationsReminder(user_id="bob")
+    await reminders.remind_unread(later, context(redis, ns, "reminders", later, event_id="unread:bob:2"))
+    assert len(notifier.sent) == 1, "nothing unread: no reminder"
