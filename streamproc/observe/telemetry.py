@@ -60,7 +60,8 @@ class Tracing:
     A global provider can be set only once per process, so the answer, once there is a provider, is final and
     cached: the hot paths then pay one attribute read. Until then they pay one read of the API's provider slot.
     (`trace.get_tracer_provider()` would be the public way, but it looks up os.environ on every call while no
-    provider is set: about 1 µs, twice per event; the slot read is 15 ns.)"""
+    provider is set: about 1.8 µs, twice per event; this method, the slot read included, about 100 ns, both timed
+    with timeit on the project's 2-core shared machine.)"""
 
     __slots__ = ("_resolved", "_tracer", "owned_shutdown")
 
