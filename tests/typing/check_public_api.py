@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import ClassVar
 
 from streamproc import App, Backoff, Context, DeadLetter, Event, Outgoing, Published, Retry, Settings, SyncPublisher
@@ -69,3 +70,19 @@ async def produce_urgently() -> None:
         assert urgent.stream and later
     with SyncPublisher(app) as publisher:
         publisher.publish(PasswordReset(user_id="u3"), priority=0)
+
+
+async def produce_later() -> None:
+    """Delayed events: seconds, a timedelta or an aware datetime; cancelled by event id while they wait."""
+    async with app:
+        reminder: Published = await app.publish(CardAddedToLibrary(card_id="c6", curator_id="u1"), delay=30.0)
+        digest: Published = await app.publish(CardAddedToLibrary(card_id="c7", curator_id="u1"),
+                                              at=datetime(2030, 1, 1, 9, tzinfo=UTC))
+        batch: list[Published] = await app.publish_many([
+            Outgoing(CardAddedToLibrary(card_id="c8", curator_id="u1"), delay=timedelta(minutes=5))])
+        due: int | None = reminder.due_ms
+        cancelled: bool = await app.cancel_delayed(CardAddedToLibrary, digest.event_id, partition_key="u1")
+        assert reminder.scheduled and batch and due and cancelled in (True, False)
+    with SyncPublisher(app) as publisher:
+        publisher.publish(CardAddedToLibrary(card_id="c9", curator_id="u1"), delay=timedelta(hours=1))
+        publisher.cancel_delayed(CardAddedToLibrary, "order-9")
