@@ -186,6 +186,8 @@ class App:
         Concurrent calls share pipelined round trips: a call waits at most for the append in flight before it."""
         prepared = self.publisher.prepare([Outgoing(event, event_id, partition_key, priority=priority, delay=delay,
                                                     at=at)])
+        if prepared[0].due is not None:  # alone: a full delayed store must fail this call, not a coalesced batch
+            return (await self.publisher.send(prepared))[0]
         if self._coalescer is None:
             self._coalescer = Coalescer(self.publisher, self.settings.ingest_coalesce_max, atomic=False)
         return (await self._coalescer.submit(prepared))[0]

@@ -175,6 +175,11 @@ async def test_max_delayed_refuses_at_publish_time(ns: str, redis_url: str, redi
             await app.publish(Reminder(user_id="x"), delay=60)
         assert (await app.publish(Reminder(user_id="now"))).appended, "appending now is not limited by the store"
         assert await redis.zcard(keys.delayed()) == 5
+        app.register(Sharded, groups=["g"])
+        full_one, other = await asyncio.gather(app.publish(Reminder(user_id="y"), delay=60),
+                                               app.publish(Sharded(user_id="z"), delay=60), return_exceptions=True)
+        assert isinstance(full_one, BacklogFull), "concurrent publishes: only the full partition's call fails"
+        assert not isinstance(other, BaseException) and other.scheduled
 
 
 async def test_partitioned_type_lands_in_its_partition(ns: str, redis_url: str, redis: aioredis.Redis) -> None:
