@@ -25,14 +25,23 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 DIST_INFO = f"streamproc-{PYPROJECT['version']}.dist-info"
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[zipfile.ZipFile]:
-    out = tmp_path_factory.mktemp("dist")
-    done = subprocess.run([sys.executable, "-m", "uv", "build", "--wheel", "--quiet", "--out-dir", str(out), str(ROOT)],
-                          capture_output=True, text=True, timeout=300)
+def uv(*args: str, cwd: Path | None = None) -> str:
+    done = subprocess.run([sys.executable, "-m", "uv", *args], capture_output=True, text=True, timeout=300, cwd=cwd)
     assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def wheel_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("dist")
+    uv("build", "--wheel", "--quiet", "--out-dir", str(out), str(ROOT))
     (built,) = out.glob("streamproc-*.whl")
-    with zipfile.ZipFile(built) as archive:
+    return built
+
+
+@pytest.fixture(scope="module")
+def wheel(wheel_path: Path) -> Iterator[zipfile.ZipFile]:
+    with zipfile.ZipFile(wheel_path) as archive:
         yield archive
 
 
@@ -130,3 +139,24 @@ def test_heavy_parts_are_extras(metadata: email.message.Message) -> None:
     assert {"opentelemetry-sdk", "opentelemetry-exporter-otlp"} <= needed("otel")
     assert "matplotlib" in needed("bench")
     assert "matplotlib" not in needed("dev")
+
+
+def test_the_installed_wheel_runs_without_the_checkout(wheel_path: Path, tmp_path: Path) -> None:
+    """Installed (not editable) into a venv of its own and run from elsewhere: the package, its Lua scripts and its
+    command work from the wheel alone, and the example domain is not there."""
+    venv = tmp_path / "venv"
+    uv("venv", "--quiet", "--python", sys.executable, str(venv))
+    python = venv / "bin" / "python"
+    uv("pip", "install", "--quiet", "--python", str(python), str(wheel_path))
+    script = ("import importlib.util, streamproc, streamproc.redis.scripts as s; "
+              "assert importlib.util.find_spec('handlers') is None and importlib.util.find_spec('bench') is None; "
+              "assert streamproc.__file__.startswith(sys.prefix), streamproc.__file__; "
+              "print(streamproc.__version__, len(s.PUBLISH_ONCE) > 0)")
+    done = subprocess.run([str(python), "-c", "import sys; " + script], capture_output=True, text=True, timeout=60,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [PYPROJECT["version"], "True"]
+    command = subprocess.run([str(venv / "bin" / "streamproc"), "--version"], capture_output=True, text=True,
+                             timeout=60, cwd=tmp_path)
+    assert command.returncode == 0, command.stderr
+    assert command.stdout.strip() == f"streamproc {PYPROJECT['version']}"
