@@ -18,30 +18,23 @@ from ..errors import BacklogFull, PublishError
 from ..event import Event
 from ..keys import PartitionKeys
 from ..observe.instruments import Instruments
-from ..observe.telemetry import end_span
 from ..redis.resp import send_packed, text
 from ..redis.scripts import BACKLOG, DELAYED_TOUCH, PUBLISH_ONCE, SCHEDULE_DELAYED
 from ..settings import Settings
-from ..topology import StartAt, Topology, TypeRoute
+from ..topology import Topology, TypeRoute
 from .delayed import Due, Outcome, due_of, read_scheduled, schedule_calls, touch_call
 from .entries import (
-    Prefixes,
-    backlog_call,
     exec_replies,
     in_transaction,
-    learned_groups,
     not_confirmed,
     packed_xadd,
     publish_once_call,
     route_entry,
 )
-from .groups import Wanted, ensure_declared
-from .state import start_spans
+from .groups import ensure_declared
+from .state import PublisherState, count_by_stream, start_spans
 
 log = logging.getLogger(__name__)
-
-# How often a publisher ensures its streams' groups again (which refreshes its declarations in the registry).
-REDECLARE_S = 86_400.0
 
 
 class Published(msgspec.Struct, frozen=True):
@@ -86,31 +79,16 @@ class Prepared:
     due: Due | None = None  # a delayed event: scheduled in its partition's delayed store, not appended now
 
 
-@dataclass(slots=True)
-class _Backlog:
-    """A stream's backlog as Redis reported it at `read_at`, plus what this publisher appended since."""
-
-    read_at: float
-    estimate: int
-
-
-class Publisher:
+class Publisher(PublisherState):
     """Appends events; one per App. Remembers which streams have their groups, which groups are declared on each
     (this app's and the registry's, to recreate them all if Redis loses its data), and each stream's backlog."""
 
     def __init__(self, redis: aioredis.Redis, topology: Topology, settings: Settings,
                  instruments: Instruments | None = None) -> None:
+        super().__init__(settings)
         self._redis = redis
         self._instruments = instruments or Instruments()
         self._topology = topology
-        self._settings = settings
-        self._ready: set[str] = set()
-        self._redeclare_at = time.monotonic() + REDECLARE_S
-        self._declared: dict[str, dict[str, StartAt]] = {}
-        self._grouped: set[str] = set()  # streams with declared groups: appended with NOMKSTREAM (_append_all)
-        self._backlogs: dict[str, _Backlog] = {}
-        self._backlog_interval = settings.backlog_check_ms / 1000
-        self._prefixes: Prefixes = {}
         self._publish_once = redis.register_script(PUBLISH_ONCE)
         self._backlog_script = redis.register_script(BACKLOG)
         self._schedule_script = redis.register_script(SCHEDULE_DELAYED)
@@ -182,15 +160,6 @@ class Publisher:
         """Close the spans of prepared events that will not be sent."""
         self._observe(prepared, error)
 
-    def _observe(self, prepared: list[Prepared], error: Exception | None) -> None:
-        """End the publish spans and count what was appended."""
-        metrics = self._instruments.metrics
-        for p in prepared:
-            if p.span is not None:
-                end_span(p.span, error)
-            if metrics is not None and error is None:
-                metrics.published.labels(p.route.tag).inc()
-
     def _prepare(self, out: Outgoing) -> Prepared:
         route, keys, event_id, fields = route_entry(self._topology, out.event, out.event_id, out.partition_key,
                                                     out.priority)
@@ -201,34 +170,18 @@ class Publisher:
 
     async def _ensure_ready(self, prepared: list[Prepared]) -> None:
         """Before the first append to a stream (and again after Redis lost its data), create every group declared on
-        it: this app's, the registry's, and those learned from the registry before (it may have been lost too)."""
-        if time.monotonic() >= self._redeclare_at:  # once a day: keep this app's declarations fresh (no orphans)
-            self._ready.clear()
-            self._redeclare_at = time.monotonic() + REDECLARE_S
-        todo = {p.keys.stream: p for p in prepared if p.keys.stream not in self._ready}
-        if not todo:
-            return
-        wanted = [Wanted(p.keys, p.route.all_groups(), self._declared.get(stream, {})) for stream, p in todo.items()]
-        for keys, declared in (await ensure_declared(self._redis, wanted)).items():
-            self._learn(keys.stream, declared)
-        self._ready.update(todo)
-
-    def _learn(self, stream: str, declared: dict[str, StartAt]) -> None:
-        self._declared.setdefault(stream, {}).update(declared)
-        if self._declared[stream]:
-            self._grouped.add(stream)
+        it (PublisherState._unready says which)."""
+        streams, wanted = self._unready(prepared)
+        if wanted:
+            self._made_ready(streams, await ensure_declared(self._redis, wanted))
 
     async def _append_all(self, prepared: list[Prepared], atomic: bool) -> list[object]:
-        """Append. Entries whose stream vanished after its groups were made (Redis lost its data while this publisher
-        kept `_ready`) are not appended (NOMKSTREAM, reply nil): make the groups again, then append those. A plain
-        XADD would recreate the stream without groups, and a group made later at '$' (start="new") would miss them."""
+        """Append. Entries whose stream vanished after its groups were made are not appended (PublisherState._vanished):
+        make the groups again, then append those."""
         replies = await self._append(prepared, atomic)
-        missing = [i for i, reply in enumerate(replies) if reply is None]
+        missing = self._vanished(prepared, replies)
         if missing:
             again = [prepared[i] for i in missing]
-            log.warning("stream(s) %s vanished (did Redis lose its data?); creating their groups again first",
-                        ", ".join(sorted({p.keys.stream for p in again})))
-            self._ready.difference_update(p.keys.stream for p in again)
             await self._ensure_ready(again)
             for i, reply in zip(missing, await self._append(again, atomic), strict=True):
                 if reply is None:
@@ -279,15 +232,10 @@ class Publisher:
         streams = {p.keys.stream for p in prepared}
         counts = {s: len(prepared) for s in streams} if len(streams) == 1 else count_by_stream(prepared)
         now = time.monotonic()
-        backlogs = self._backlogs
-        stale = [s for s in counts if s not in backlogs or now - backlogs[s].read_at >= self._backlog_interval]
+        stale = self._stale(counts, now)
         if stale:
             await self._read_backlogs(stale, {p.keys.stream: p for p in prepared}, now)
-        for stream, n in counts.items():
-            if backlogs[stream].estimate + n > limit:
-                raise BacklogFull(stream, backlogs[stream].estimate, limit, n)
-        for stream, n in counts.items():
-            backlogs[stream].estimate += n
+        self._take(counts, limit)
         if mark:
             for p in prepared:
                 p.reserved = True
@@ -318,14 +266,7 @@ class Publisher:
                 for keys, args in calls:
                     await self._backlog_script(keys=keys, args=args, client=pipe)
                 replies = await pipe.execute()
-        for stream, (backlog, learned) in zip(streams, replies, strict=True):
-            self._backlogs[stream] = _Backlog(now, int(backlog))
-            if learned:  # declared by another app since this publisher looked: counted from now on
-                self._learn(stream, learned_groups(learned))
-
-    def _backlog_call(self, p: Prepared) -> tuple[list[str], list[str | int]]:
-        groups = sorted({**self._declared.get(p.keys.stream, {}), **p.route.all_groups()})
-        return backlog_call(p.keys, groups, self._settings.max_backlog)
+        self._record_backlogs(streams, replies, now)
 
 
 def due_now(prepared: list[Prepared]) -> list[Prepared]:
@@ -333,13 +274,6 @@ def due_now(prepared: list[Prepared]) -> list[Prepared]:
     if any(p.due is not None for p in prepared):
         return [p for p in prepared if p.due is None]
     return prepared
-
-
-def count_by_stream(prepared: list[Prepared]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for p in prepared:
-        counts[p.keys.stream] = counts.get(p.keys.stream, 0) + 1
-    return counts
 
 
 def published_delayed(p: Prepared, outcome: Outcome) -> Published:

@@ -19,7 +19,6 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Protocol, Self
@@ -27,38 +26,32 @@ from typing import Protocol, Self
 import redis
 from redis.exceptions import RedisError
 
-from ..errors import BacklogFull, PublishError
+from ..errors import PublishError
 from ..event import Event
 from ..observe.instruments import Instruments
-from ..observe.telemetry import end_span
 from ..redis.connection import sync_redis_client
 from ..redis.scripts import BACKLOG, CANCEL_DELAYED, DELAYED_TOUCH, ENSURE_GROUP, PUBLISH_ONCE, SCHEDULE_DELAYED
 from ..settings import Settings
-from ..topology import StartAt, Topology
+from ..topology import Topology
 from .delayed import Outcome, cancel_call, cancel_targets, due_of, read_scheduled, schedule_calls, touch_call
 from .entries import (
-    Prefixes,
-    backlog_call,
     exec_replies,
     in_transaction,
-    learned_groups,
     not_confirmed,
     packed_xadd,
     publish_once_call,
     route_entry,
 )
-from .groups import Wanted, ensure_call, read_ensured
+from .groups import ensure_call, read_ensured
 from .publisher import (
-    REDECLARE_S,
     Outgoing,
     Prepared,
     Published,
-    count_by_stream,
     due_now,
     published_delayed,
     published_of,
 )
-from .state import start_spans
+from .state import PublisherState, count_by_stream, start_spans
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +62,6 @@ class PublishingApp(Protocol):
     topology: Topology
     settings: Settings
     instruments: Instruments
-
-
-@dataclass(slots=True)
-class _Backlog:
-    read_at: float
-    estimate: int
 
 
 _publishers: weakref.WeakSet[SyncPublisher] = weakref.WeakSet()
@@ -88,7 +75,7 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class SyncPublisher:
+class SyncPublisher(PublisherState):
     """Publishes an App's events from sync code. One per process is enough (share it between threads):
 
         publisher = SyncPublisher(app)
@@ -98,8 +85,8 @@ class SyncPublisher:
     the app's settings and closed by `close()`."""
 
     def __init__(self, app: PublishingApp, *, redis_client: redis.Redis | None = None) -> None:
+        super().__init__(app.settings)
         self._topology = app.topology
-        self._settings = app.settings
         self._instruments = app.instruments
         self._owns_client = redis_client is None
         self._redis = redis_client if redis_client is not None else sync_redis_client(app.settings)
@@ -109,13 +96,7 @@ class SyncPublisher:
         self._schedule_script = self._redis.register_script(SCHEDULE_DELAYED)
         self._touch_script = self._redis.register_script(DELAYED_TOUCH)
         self._cancel_script = self._redis.register_script(CANCEL_DELAYED)
-        self._lock = threading.Lock()  # guards the caches below; never held during a Redis call
-        self._ready: set[str] = set()
-        self._redeclare_at = time.monotonic() + REDECLARE_S
-        self._declared: dict[str, dict[str, StartAt]] = {}
-        self._grouped: set[str] = set()
-        self._backlogs: dict[str, _Backlog] = {}
-        self._prefixes: Prefixes = {}
+        self._lock = threading.Lock()  # guards PublisherState's caches; never held during a Redis call
         _publishers.add(self)
 
     @property
@@ -205,23 +186,11 @@ class SyncPublisher:
             p.due = due_of(out.delay, out.at)
         return p
 
-    def _observe(self, prepared: list[Prepared], error: Exception | None) -> None:
-        metrics = self._instruments.metrics
-        for p in prepared:
-            if p.span is not None:
-                end_span(p.span, error)
-            if metrics is not None and error is None:
-                metrics.published.labels(p.route.tag).inc()
-
     def _ensure_ready(self, prepared: list[Prepared]) -> None:
         """Create every group declared on a stream before its first append (see Publisher._ensure_ready). Two
         threads may both ensure a new stream: harmless, ensure_group.lua is idempotent."""
         with self._lock:
-            if time.monotonic() >= self._redeclare_at:
-                self._ready.clear()
-                self._redeclare_at = time.monotonic() + REDECLARE_S
-            todo = {p.keys.stream: p for p in prepared if p.keys.stream not in self._ready}
-            wanted = [Wanted(p.keys, p.route.all_groups(), dict(self._declared.get(s, {}))) for s, p in todo.items()]
+            streams, wanted = self._unready(prepared)
         if not wanted:
             return
         with self._redis.pipeline(transaction=False) as pipe:
@@ -231,15 +200,7 @@ class SyncPublisher:
             replies = pipe.execute()
         found = read_ensured(wanted, replies)
         with self._lock:
-            for keys, declared in found.items():
-                self._learn(keys.stream, declared)
-            self._ready.update(todo)
-
-    def _learn(self, stream: str, declared: dict[str, StartAt]) -> None:
-        """Under the lock."""
-        self._declared.setdefault(stream, {}).update(declared)
-        if self._declared[stream]:
-            self._grouped.add(stream)
+            self._made_ready(streams, found)
 
     def _reserve(self, prepared: list[Prepared]) -> None:
         """Raise BacklogFull if the events would take a stream's backlog past `max_backlog` (see Publisher.reserve:
@@ -249,45 +210,31 @@ class SyncPublisher:
             return
         counts = count_by_stream(prepared)
         now = time.monotonic()
-        interval = self._settings.backlog_check_ms / 1000
         with self._lock:
-            stale = [s for s in counts if s not in self._backlogs or now - self._backlogs[s].read_at >= interval]
+            stale = self._stale(counts, now)
         if stale:
             self._read_backlogs(stale, {p.keys.stream: p for p in prepared}, now)
         with self._lock:
-            for stream, n in counts.items():
-                backlog = self._backlogs[stream]
-                if backlog.estimate + n > limit:
-                    raise BacklogFull(stream, backlog.estimate, limit, n)
-            for stream, n in counts.items():
-                self._backlogs[stream].estimate += n
+            self._take(counts, limit)
 
     def _read_backlogs(self, streams: list[str], by_stream: dict[str, Prepared], now: float) -> None:
         with self._lock:
-            calls = [backlog_call(by_stream[s].keys, sorted({**self._declared.get(s, {}),
-                                                             **by_stream[s].route.all_groups()}),
-                                  self._settings.max_backlog) for s in streams]
+            calls = [self._backlog_call(by_stream[s]) for s in streams]
         with self._redis.pipeline(transaction=False) as pipe:
             for keys, args in calls:
                 self._backlog_script(keys=keys, args=args, client=pipe)
             replies = pipe.execute()
         with self._lock:
-            for stream, (backlog, learned) in zip(streams, replies, strict=True):
-                self._backlogs[stream] = _Backlog(now, int(backlog))
-                if learned:  # declared by another app since this publisher looked
-                    self._learn(stream, learned_groups(learned))
+            self._record_backlogs(streams, replies, now)
 
     def _append_all(self, prepared: list[Prepared], atomic: bool) -> list[object]:
         """Append; entries whose stream vanished since its groups were made (NOMKSTREAM: nil) get their groups made
         again first, then are appended (see Publisher._append_all)."""
         replies = self._append(prepared, atomic)
-        missing = [i for i, reply in enumerate(replies) if reply is None]
+        with self._lock:
+            missing = self._vanished(prepared, replies)
         if missing:
             again = [prepared[i] for i in missing]
-            log.warning("stream(s) %s vanished (did Redis lose its data?); creating their groups again first",
-                        ", ".join(sorted({p.keys.stream for p in again})))
-            with self._lock:
-                self._ready.difference_update(p.keys.stream for p in again)
             self._ensure_ready(again)
             for i, reply in zip(missing, self._append(again, atomic), strict=True):
                 if reply is None:
