@@ -1,7 +1,7 @@
 """streamproc's pytest plugin (registered with the `pytest11` entry point, so it loads in every pytest run where
-streamproc is installed. Loading it imports streamproc (its package, as any submodule's import does), pytest and
-pytest-asyncio if installed (its async fixture is defined with it); it starts nothing until one of its fixtures is
-used, and every name it adds starts with `streamproc_`).
+streamproc is installed. Loading it imports its package, streamproc.testing, and so `drain` with the App and
+redis-py, and pytest-asyncio if installed (its async fixture is defined with it); it starts nothing until one of its
+fixtures is used, and every name it adds starts with `streamproc_`).
 
 Fixtures:
     streamproc_redis_url   session-wide: a throwaway redis-server on a free loopback port (needs `redis-server`
