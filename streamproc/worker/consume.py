@@ -13,8 +13,8 @@ from redis.exceptions import NoScriptError
 from ..app import Handler
 from ..keys import PartitionKeys
 from ..redis.resp import pack_command, send_packed
-from ..redis.scripts import READ_LANES, TAKE_RETRIES
-from .lanes import LaneSet, group_lanes
+from ..redis.scripts import LANE_LAGS, TAKE_RETRIES
+from .lanes import LaneSet, group_lanes, plan
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +68,10 @@ class Reader:
         self._consumer = consumer.encode()
         self._streams = [stream for stream, s in self.sources.items() if s.keys.lane is None]
         self._next = 0  # where the next partial read starts (fewer free places than streams)
-        # Partitions with priority lanes, read by read_lanes.lua (see lanes.py); none: reads are as they always were.
+        # Partitions with priority lanes, read lane by lane (see lanes.py); none: reads are as they always were.
         self._lanes = group_lanes([(s.handler, s.keys) for s in sources])
         self._floor = priority_floor
-        self._read_lanes_sha = hashlib.sha1(READ_LANES.encode()).hexdigest().encode()
+        self._lane_lags_sha = hashlib.sha1(LANE_LAGS.encode()).hexdigest().encode()
         self._claim_cursor = {s.keys.stream: "0-0" for s in sources}
         self._take_retries = redis.register_script(TAKE_RETRIES)
         self.deleted_seen = 0
@@ -103,27 +103,29 @@ class Reader:
                 out.append(Delivery(handler, keys, eid, fields, 1))
 
     async def _read_with_lanes(self, count: int, block_ms: int) -> list[Delivery]:
-        """A read of a group with priority lanes: each partition's lanes by one read_lanes.lua call (most urgent
-        first, floor shares reserved: see lanes.py), the group's other streams by one non-blocking XREADGROUP, all
-        in one round trip. Only when all of them are empty, one blocking XREADGROUP over every stream (lanes too:
-        a script cannot block) waits for the first entry."""
+        """A read of a group with priority lanes (see lanes.py): one round trip for each partition's lags
+        (lane_lags.lua), one for the reads: each lane's share by `plan`, a plain XREADGROUP each, with the
+        group's other streams in one non-blocking XREADGROUP. Only when all of them are empty, one blocking
+        XREADGROUP over every stream (lanes too) waits for the first entry."""
         plain, lane_sets, per = self._units_for(count)
-        reserves = [lanes.reserves(per, self._floor) for lanes in lane_sets]
-        commands = [self._lanes_command(lanes, per, r) for lanes, r in zip(lane_sets, reserves, strict=True)]
+        lags = await self._send_scripts([self._lags_command(lanes) for lanes in lane_sets]) if lane_sets else []
+        reads: list[bytes] = []
+        for lanes, lag in zip(lane_sets, lags, strict=True):
+            reserves = lanes.reserves(per, self._floor)
+            takes = plan(per, [int(x) for x in cast(list[Any], lag)], reserves)
+            lanes.settle(reserves, takes)  # what the lags promise is what is read (unless another consumer was first)
+            reads += [self._xreadgroup([stream], n, None) for stream, n in zip(lanes.streams, takes, strict=True) if n]
         if plain:
-            commands.append(self._xreadgroup(plain, per, None))
-        replies = await self._send_scripts(commands)
+            reads.append(self._xreadgroup(plain, per, None))
         out: list[Delivery] = []
-        for lanes, r, reply in zip(lane_sets, reserves, replies, strict=False):
-            lanes.settle(r, _add_lanes(lanes, reply, out))
-        if plain:
-            self._add_read(replies[-1], out)
+        for reply in await send_packed(self.redis, reads) if reads else ():
+            self._add_read(reply, out)
         if out:
             return out
         streams = [*plain, *(stream for lanes in lane_sets for stream in lanes.streams)]
         per_stream = max(1, per // max(len(lanes.streams) for lanes in lane_sets))
-        command = self._xreadgroup(streams, per_stream, block_ms)
-        [reply] = await send_packed(self.redis, [command], read_timeout=block_ms / 1000 + self.deadline_s)
+        [reply] = await send_packed(self.redis, [self._xreadgroup(streams, per_stream, block_ms)],
+                                    read_timeout=block_ms / 1000 + self.deadline_s)
         self._add_read(reply, out)
         return out
 
@@ -144,17 +146,16 @@ class Reader:
         return pack_command(b"XREADGROUP", b"GROUP", self._group, self._consumer, b"COUNT", b"%d" % count, *block,
                             b"STREAMS", *streams, *[b">"] * len(streams))
 
-    def _lanes_command(self, lanes: LaneSet, count: int, reserves: list[int]) -> bytes:
-        return pack_command(b"EVALSHA", self._read_lanes_sha, b"%d" % len(lanes.streams), *lanes.streams,
-                            self._group, self._consumer, b"%d" % count, *(b"%d" % r for r in reserves))
+    def _lags_command(self, lanes: LaneSet) -> bytes:
+        return pack_command(b"EVALSHA", self._lane_lags_sha, b"%d" % len(lanes.streams), *lanes.streams, self._group)
 
     async def _send_scripts(self, commands: list[bytes]) -> list[object]:
-        """Send commands that call read_lanes.lua by its digest; if Redis lost its script cache (a restart), load
-        the script and send them once more (nothing ran: Redis refused the unknown digest)."""
+        """Send commands that call lane_lags.lua by its digest; if Redis lost its script cache (a restart), load
+        the script and send them once more (it only reads: nothing happened)."""
         try:
             return await send_packed(self.redis, commands)
         except NoScriptError:
-            await self.redis.script_load(READ_LANES)
+            await self.redis.script_load(LANE_LAGS)
             return await send_packed(self.redis, commands)
 
     def _streams_for(self, count: int) -> tuple[list[bytes], int]:
@@ -226,15 +227,3 @@ class Reader:
             (ready if entries else gone).append(Delivery(source.handler, source.keys, eid, fields, attempt, True))
         return ready, gone
 
-
-def _add_lanes(lanes: LaneSet, reply: Any, out: list[Delivery]) -> list[int]:
-    """The deliveries of one read_lanes.lua reply (a list of entries per lane), lane 0 first; returns how many each
-    lane gave."""
-    taken = []
-    handler = lanes.handler
-    for keys, entries in zip(lanes.keys, cast(list[list[Any]], reply), strict=True):
-        for eid, flat in entries:
-            fields = dict(zip(flat[::2], flat[1::2], strict=True)) if flat else {}
-            out.append(Delivery(handler, keys, eid, fields, 1))
-        taken.append(len(entries))
-    return taken
