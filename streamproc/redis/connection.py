@@ -30,6 +30,18 @@ KEEPALIVE = {getattr(socket, name): value for name, value in _PROBES if hasattr(
 
 class _WriteDeadline(AbstractConnection):
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        try:
+            await self._send_within_deadline(command, check_health)
+        except RuntimeError as exc:
+            # uvloop raises RuntimeError ("the handler is closed") for a write to a transport that a reset by the
+            # peer closed, where asyncio's own loop raises an OSError that redis-py turns into ConnectionError: an
+            # outage either way, never a crash of the loop that wrote. Any other RuntimeError is a bug: raised.
+            if "handler is closed" not in str(exc):
+                raise
+            await self.disconnect(nowait=True)
+            raise rx.ConnectionError(f"the connection to Redis closed under a write ({exc})") from exc
+
+    async def _send_within_deadline(self, command: Any, check_health: bool) -> None:
         timeout = self.socket_timeout
         if not timeout:
             return await super().send_packed_command(command, check_health)

@@ -22,6 +22,7 @@ it can is closed:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -187,26 +188,53 @@ class Promoter:
             part.nomkstream = False
 
 
+class _Stop:
+    """The worker's stop as the mover's thread sees it: its loop's stopping event, set from the worker's loop at once
+    (not at the mover's next step: while Redis is away the mover backs off for up to seconds)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._target: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+
+    def attach(self, loop: asyncio.AbstractEventLoop, event: asyncio.Event) -> None:
+        """In the mover's thread: the event to set on stop (set at once if the stop came first)."""
+        with self._lock:
+            self._target = (loop, event)
+            if self._stopped:
+                event.set()
+
+    def set(self) -> None:
+        with self._lock:
+            self._stopped = True
+            if self._target is not None:
+                loop, event = self._target
+                with contextlib.suppress(RuntimeError):  # its loop closed already: the thread has ended
+                    loop.call_soon_threadsafe(event.set)
+
+
 async def promote(app: App, stopping: asyncio.Event, on_fatal: Callable[[FatalRedisError], None]) -> None:
     """Move due delayed events until stopped, in a thread of this process with an event loop and Redis connections
     of its own: the worker's loop may be busy with thousands of handler runs a second, and a mover that waits its
     turn among them appends late (measured: a p99 of seconds at 10,000 delayed events/s on a loop shared with a
-    no-op handler, 83 ms in its own thread). The thread holds the GIL only while it works, a few ms per poll."""
+    no-op handler, 0.15 s in its own thread; bench/RESULTS.md, section 9). The thread holds the GIL only while it
+    works, a few ms per poll."""
     loop = asyncio.get_running_loop()
     finished: asyncio.Future[None] = loop.create_future()
-    stop = threading.Event()
+    stop = _Stop()
 
-    def fatal(error: FatalRedisError) -> None:  # from the mover's thread to the worker's loop
-        loop.call_soon_threadsafe(on_fatal, error)
+    def to_worker(fn: Callable[..., object], *args: object) -> None:  # from the mover's thread to the worker's loop
+        with contextlib.suppress(RuntimeError):  # the worker's loop closed (its stop deadline passed): nobody waits
+            loop.call_soon_threadsafe(fn, *args)
 
     def run() -> None:
         try:
-            eventloop.run(_promote(app, stop, fatal))
+            eventloop.run(_promote(app, stop, lambda error: to_worker(on_fatal, error)))
         except BaseException as exc:  # never silent: the worker stops with it
             log.exception("the delayed-event mover failed")
-            loop.call_soon_threadsafe(_settle, finished, exc)
+            to_worker(_settle, finished, exc)
         else:
-            loop.call_soon_threadsafe(_settle, finished, None)
+            to_worker(_settle, finished, None)
 
     # A mover that ends before the stop (a bug: repeat() rides out every Redis failure) stops the worker, loudly.
     finished.add_done_callback(lambda _: stopping.set())
@@ -215,7 +243,7 @@ async def promote(app: App, stopping: asyncio.Event, on_fatal: Callable[[FatalRe
         await stopping.wait()
     finally:
         stop.set()
-        await asyncio.shield(finished)  # the thread ends within one poll interval (or one Redis deadline)
+        await asyncio.shield(finished)  # the thread ends after its call in flight (each has a Redis deadline)
 
 
 def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
@@ -226,18 +254,16 @@ def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
             future.set_exception(error)
 
 
-async def _promote(app: App, stop: threading.Event, on_fatal: Callable[[FatalRedisError], None]) -> None:
+async def _promote(app: App, stop: _Stop, on_fatal: Callable[[FatalRedisError], None]) -> None:
     """The mover's loop, in its own thread: rebuild the index for the app's partitions, then poll and move."""
     redis = redis_client(app.settings)
     promoter = Promoter(app, redis)
     stopping = asyncio.Event()
+    stop.attach(asyncio.get_running_loop(), stopping)
     rebuilt = False
 
     async def step() -> float:
         nonlocal rebuilt
-        if stop.is_set():  # every pause is at most delayed_poll_ms, so a stop is seen within one
-            stopping.set()
-            return 0.0
         if not rebuilt:
             found = await promoter.rebuild()
             rebuilt = True
