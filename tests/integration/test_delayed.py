@@ -36,6 +36,14 @@ class Sharded(Event, tag="sharded.due"):
     user_id: str
 
 
+class Urgent(Event, tag="urgent.due"):
+    partitions: ClassVar[int] = 2
+    partition_key: ClassVar[str | None] = "user_id"
+    priorities: ClassVar[int] = 3
+
+    user_id: str
+
+
 class WideA(Event, tag="wide.a"):
     partitions: ClassVar[int] = 200
     partition_key: ClassVar[str | None] = "k"
@@ -320,3 +328,20 @@ async def test_sync_publisher_schedules_and_cancels(ns: str, redis_url: str, red
             await worker.wait_for(lambda: calls.total("g") == 2)
         assert calls.of("g") == Counter({"s1": 1, now.event_id: 1})
         assert await appended_ids(redis, partition(app, Reminder).stream) == Counter({"s1": 1, now.event_id: 1})
+
+
+async def test_a_delayed_event_lands_in_the_lane_it_was_published_to(ns: str, redis_url: str,
+                                                                   redis: aioredis.Redis) -> None:
+    calls = Calls()
+    async with open_app(ns, redis_url) as app:
+        app.handler(Urgent, group="g")(handler_recording(calls))
+        route = app.topology.route(Urgent)
+        events = [(Urgent(user_id=f"u{i}"), i % 3) for i in range(9)]
+        published = await app.publish_many([Outgoing(e, priority=lane, delay=0.2) for e, lane in events])
+        async with running(app) as worker:
+            await worker.wait_for(lambda: calls.total("g") == 9)
+        for (event, lane), p in zip(events, published, strict=True):
+            stream = route.keys_for(partition_of(event), lane).stream
+            assert p.stream == stream and stream.endswith(f":lane{lane}")
+            assert (await appended_ids(redis, stream))[p.event_id] == 1
+        assert calls.of("g") == Counter({p.event_id: 1 for p in published})
