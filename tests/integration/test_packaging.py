@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import email.message
 import email.parser
+import re
 import subprocess
 import sys
 import tomllib
@@ -160,3 +161,20 @@ def test_the_installed_wheel_runs_without_the_checkout(wheel_path: Path, tmp_pat
                              timeout=60, cwd=tmp_path)
     assert command.returncode == 0, command.stderr
     assert command.stdout.strip() == f"streamproc {PYPROJECT['version']}"
+
+
+def test_the_readme_lists_every_floor_pyproject_declares() -> None:
+    """The Installation section's table names each runtime dependency (and the otel extra's) with its floor."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from floors import constraints
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    declared = dict(line.split(";")[0].split("==") for line in constraints(ROOT / "pyproject.toml"))
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Installation\n", 1)[1].split("\n## ", 1)[0]
+    listed = {}
+    for names, floor in re.findall(r"^\| ([^|]*) \| ([0-9][^ |]*) \|", section, flags=re.MULTILINE):
+        for name in re.findall(r"`([a-z][a-z0-9-]*)(?:\[[a-z]+\])?`", names):
+            listed[name] = floor
+    assert listed == declared
