@@ -52,6 +52,8 @@ _LIMITS: dict[str, tuple[float, float, str]] = {
     "ingest_max_header_bytes": (1, math.inf, "every request would be refused"),
     "ingest_max_headers": (1, math.inf, "every request would be refused"),
     "ingest_max_connections": (1, math.inf, "every connection would be refused"),
+    "priority_floor": (0, 0.5, "it is the least share of reads every lower lane with a backlog gets; above half, "
+                               "a lower lane would be served before the most urgent one"),
 }
 
 
@@ -70,6 +72,10 @@ class Settings:
     redis_timeout_ms: int = 5_000
     # Entries per XREADGROUP / XAUTOCLAIM call.
     batch_size: int = 200
+    # Priority lanes (Event.priorities): the least share of each partition's reads that every lane below 0 gets
+    # while it has a backlog (so a flood of urgent events never starves the others); the rest goes to the most
+    # urgent lanes first. 0: strict priority (a lower lane waits until the higher ones are empty).
+    priority_floor: float = 0.1
     # How often stalled entries and due retries are looked for.
     claim_interval_ms: int = 5_000
     retry_poll_ms: int = 100
