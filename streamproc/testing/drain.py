@@ -8,7 +8,9 @@ and not settled: running, or its ack not flushed yet) and no scheduled retry. A 
 events for a drained group keeps the drain going until those are done too.
 
 Retries with a backoff delay are made due at once (see due_now.lua), so a test never waits out a backoff; pass
-`wait_retries=True` to wait for them as production does.
+`wait_retries=True` to wait for them as production does. Delayed events of the drained types (`publish(...,
+delay=...)`, by the test or by a handler) are likewise made due at once (due_now_delayed.lua) and count as work
+left until they are handled; `wait_delayed=True` waits for their due times instead.
 """
 
 from __future__ import annotations
@@ -29,11 +31,14 @@ from ..app import App, Handler, HandlerFn
 from ..context import Context
 from ..event import Event
 from ..keys import PartitionKeys
+from ..publish.delayed import partition_of_member, touch_call
 from ..redis.resp import text
+from ..redis.scripts import DELAYED_TOUCH
 from ..worker.deadletter import DeadLettered, parse_deadletter
 from ..worker.process import run_worker
 
 DUE_NOW = files(__package__).joinpath("due_now.lua").read_text(encoding="utf-8")
+DUE_NOW_DELAYED = files(__package__).joinpath("due_now_delayed.lua").read_text(encoding="utf-8")
 # Timings of the drain's worker: it notices new entries, due retries and its stop within a few milliseconds.
 DRAIN_TIMINGS: dict[str, Any] = {"block_ms": 20, "retry_poll_ms": 10, "claim_interval_ms": 100,
                                  "backlog_check_ms": 0, "grace_period_s": 5.0}
@@ -112,7 +117,7 @@ class _Watched:
 
 
 async def drain(app: App, groups: Iterable[str] | None = None, *, timeout: float = 30.0,  # noqa: ASYNC109
-                wait_retries: bool = False) -> Drained:
+                wait_retries: bool = False, wait_delayed: bool = False) -> Drained:
     """Run the app's handlers (all groups, or those named) until nothing is left for them, then stop them
     gracefully and return what happened. Raises DrainTimeout if that takes longer than `timeout` seconds, and
     whatever stopped the worker (a fatal Redis error) if it stopped."""
@@ -130,7 +135,7 @@ async def drain(app: App, groups: Iterable[str] | None = None, *, timeout: float
         stopping = asyncio.Event()
         task = asyncio.create_task(run_worker(worker_app, stopping, chosen))
         try:
-            await _until_idle(worker_app.redis, watched, task, timeout, wait_retries)
+            await _until_idle(worker_app.redis, watched, task, timeout, _Waits(wait_retries, wait_delayed))
         finally:
             stopping.set()
             await _stopped(task, max(deadline - time.monotonic(), STOP_MIN_S), running)
@@ -170,19 +175,29 @@ def _recording(handler: Handler[Any], runs: list[Run], running: Counter[str]) ->
     return run
 
 
+@dataclass(frozen=True, slots=True)
+class _Waits:
+    """What the drain waits out as production would, instead of making it due at once."""
+
+    retries: bool
+    delayed: bool
+
+
 async def _until_idle(redis: aioredis.Redis, watched: list[_Watched], task: asyncio.Task[None], timeout: float,  # noqa: ASYNC109
-                      wait_retries: bool) -> None:
+                      waits: _Waits) -> None:
     due_now = redis.register_script(DUE_NOW)
     deadline = time.monotonic() + timeout
     while True:
         if task.done():
             task.result()  # raises what stopped the worker
             raise RuntimeError("the drain's worker stopped before its handlers were done")
-        if not wait_retries:
+        if not waits.retries:
             async with redis.pipeline(transaction=False) as pipe:
                 for w in watched:
                     await due_now(keys=[w.keys.retry(w.group), w.keys.leases(w.group)], client=pipe)
                 await pipe.execute()
+        if not waits.delayed:
+            await _delayed_due_now(redis, watched)
         left = await _left(redis, watched)
         if not left:
             return
@@ -191,21 +206,41 @@ async def _until_idle(redis: aioredis.Redis, watched: list[_Watched], task: asyn
         await asyncio.sleep(POLL_S)
 
 
+async def _delayed_due_now(redis: aioredis.Redis, watched: list[_Watched]) -> None:
+    """Make the drained types' delayed events due now, and lower the delayed index to now where any were moved
+    (the worker's mover then appends them at its next poll)."""
+    parts = {w.keys.member: w.keys for w in watched}
+    script = redis.register_script(DUE_NOW_DELAYED)
+    async with redis.pipeline(transaction=False) as pipe:
+        for keys in parts.values():
+            await script(keys=[keys.delayed()], client=pipe)
+        nows = await pipe.execute()
+    touches = {member: int(now) for member, now in zip(parts, nows, strict=True) if int(now)}
+    if touches:
+        names, args = touch_call(next(iter(parts.values())).ns, touches)
+        await redis.register_script(DELAYED_TOUCH)(keys=names, args=args)
+
+
 async def _left(redis: aioredis.Redis, watched: list[_Watched]) -> list[str]:
     """What is left to do, per (stream, group), read in one MULTI so that it is one moment's state: an entry
     moves from unread to pending to settled (or to a retry, or a follow-up event is appended) within it or not."""
     streams = sorted({w.keys.stream for w in watched})
+    members = sorted({w.keys.member for w in watched})
     async with redis.pipeline(transaction=True) as pipe:
         for stream in streams:
             pipe.xinfo_stream(stream)
             pipe.xinfo_groups(stream)
         for w in watched:
             pipe.zcard(w.keys.retry(w.group))
+        for member in members:
+            pipe.zcard(partition_of_member(watched[0].keys.ns, member).delayed())
         replies = await pipe.execute(raise_on_error=False)
     info = {s: (replies[2 * i], replies[2 * i + 1]) for i, s in enumerate(streams)}
-    retries = replies[2 * len(streams):]
-    return [why for w, scheduled in zip(watched, retries, strict=True)
+    retries = replies[2 * len(streams): 2 * len(streams) + len(watched)]
+    waiting = dict(zip(members, replies[2 * len(streams) + len(watched):], strict=True))
+    left = [why for w, scheduled in zip(watched, retries, strict=True)
             if (why := _left_in(w, *info[w.keys.stream], scheduled))]
+    return left + [f"{n} delayed event(s) waiting in partition {m}" for m, n in waiting.items() if n]
 
 
 def _left_in(w: _Watched, stream: Any, groups: Any, scheduled: Any) -> str:

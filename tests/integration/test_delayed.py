@@ -18,6 +18,7 @@ from opentelemetry.trace import SpanKind
 from streamproc import App, BacklogFull, Context, Event, InvalidEvent, Outgoing, SyncPublisher, partition_of
 from streamproc.keys import PartitionKeys, delayed_index
 from streamproc.redis.errors import FatalRedisError
+from streamproc.testing import drain
 from streamproc.worker.promote import Promoter, promote
 from tests.helpers import wait_for
 from tests.inproc import Calls, fast_settings, handler_recording, open_app, partition, running
@@ -345,3 +346,20 @@ async def test_a_delayed_event_lands_in_the_lane_it_was_published_to(ns: str, re
             assert p.stream == stream and stream.endswith(f":lane{lane}")
             assert (await appended_ids(redis, stream))[p.event_id] == 1
         assert calls.of("g") == Counter({p.event_id: 1 for p in published})
+
+
+async def test_drain_makes_delayed_events_due_at_once_or_waits_for_them(ns: str, redis_url: str) -> None:
+    """The pytest plugin's drain(): a delayed event (also one a handler publishes) is work left to do."""
+
+    async def follow_up(event: Reminder, ctx: Context) -> None:
+        if event.user_id == "first":
+            await app.publish(Reminder(user_id="second"), delay=3600)
+
+    async with open_app(ns, redis_url) as app:
+        app.handler(Reminder, group="g")(follow_up)
+        first = await app.publish(Reminder(user_id="first"), delay=3600)
+        done = await drain(app, timeout=10)
+        assert done.processed[first.event_id] == 1 and len(done.processed) == 2, "the follow-up ran too"
+        soon = await app.publish(Reminder(user_id="soon"), delay=0.3)
+        waited = await drain(app, timeout=10, wait_delayed=True)
+        assert waited.processed == Counter({soon.event_id: 1})
