@@ -216,9 +216,9 @@ class _Stop:
 async def promote(app: App, stopping: asyncio.Event, on_fatal: Callable[[FatalRedisError], None]) -> None:
     """Move due delayed events until stopped, in a thread of this process with an event loop and Redis connections
     of its own: the worker's loop may be busy with thousands of handler runs a second, and a mover that waits its
-    turn among them appends late (measured: a p99 of seconds at 10,000 delayed events/s on a loop shared with a
-    no-op handler, 0.15 s in its own thread; bench/RESULTS.md, section 9). The thread holds the GIL only while it
-    works, a few ms per poll."""
+    turn among them appends late (measured at 10,000 delayed events/s beside a no-op handler: a p99 of seconds on
+    the worker's loop, 27 ms in its own thread; bench/RESULTS.md, section 9). The thread holds the GIL only while
+    it works, a few ms per poll."""
     loop = asyncio.get_running_loop()
     finished: asyncio.Future[None] = loop.create_future()
     stop = _Stop()
