@@ -41,6 +41,16 @@ class Sink:
         return HttpNotifier(NotifierSettings(url=f"{self.url}/notify", rate=rate, burst=burst, timeout_s=timeout_s))
 
 
+@pytest.fixture(autouse=True)
+async def handler_publishing(ns: str, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
+    """notify_followers schedules reminders through `services.publish`: here into this test's namespace on the test
+    Redis. The global app's own publisher would talk to the Redis of its settings (localhost:6379), on a client
+    bound to the event loop of whichever test used it first."""
+    async with open_app(ns, redis_url) as publisher:
+        monkeypatch.setattr(services, "publish", publisher.publish_many)
+        yield
+
+
 @pytest.fixture
 async def sink() -> AsyncIterator[Sink]:
     running_sink = NotificationSink(SinkSettings(seed=1))
