@@ -14,6 +14,11 @@ import redis.asyncio as aioredis
 
 from tests.redis_server import RedisServer
 
+# A Redis nobody configured is a closed port, not the machine's own Redis on 6379: code that reaches for its default
+# (the example app's module-level App, a subprocess given no --redis-url) fails at once instead of writing there.
+os.environ["REDIS_URL"] = "redis://127.0.0.1:9/0"
+os.environ.pop("STREAMPROC_REDIS_URL", None)
+
 
 class HasUrl(Protocol):
     @property

@@ -210,7 +210,7 @@ def test_a_flag_that_sets_a_setting_uses_that_settings_variable() -> None:
             else:
                 assert not set(own) & set(settings_vars), option
             seen += 1
-    assert seen == 39  # every option but --help, --version, the subcommands' --debug (the top one's) and --yes
+    assert seen == 55  # every option but --help, --version, the subcommands' --debug (the top one's) and --yes
 
 
 USAGE_ERRORS = [
