@@ -194,7 +194,8 @@ class App:
 
     async def publish_many(self, events: Iterable[Event | Outgoing], *, atomic: bool = False) -> list[Published]:
         """Append many events in one pipelined round trip. With `atomic`, in one MULTI/EXEC: all or none
-        (on a single Redis; on a Cluster, atomicity holds per partition)."""
+        (on a single Redis; on a Cluster, atomicity holds per partition); an atomic batch cannot hold delayed events
+        (`delay=`/`at=`: InvalidEvent, nothing sent)."""
         return await self.publisher.publish_many(events, atomic=atomic)
 
     async def cancel_delayed(self, event_type: type[Event], event_id: str, partition_key: str | None = None,

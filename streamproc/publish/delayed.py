@@ -167,6 +167,16 @@ def read_scheduled(calls: Sequence[ScheduleCall], replies: Sequence[Any], count:
     return done
 
 
+def atomic_delayed_error(items: Sequence[Schedulable], atomic: bool) -> InvalidEvent | None:
+    """The error for an atomic batch that holds delayed events, or None. Such a batch cannot be all or none: its
+    appends and its schedules are separate calls, and a partition whose store is full schedules nothing while the
+    others do (schedule_delayed.lua replies inside a MULTI, it cannot abort it)."""
+    if atomic and any(item.due is not None for item in items):
+        return InvalidEvent("publish_many(atomic=True) cannot hold delayed events (delay=/at=): publish them in a "
+                            "separate publish_many without atomic")
+    return None
+
+
 def touch_call(ns: str, touches: dict[str, int]) -> tuple[list[str], list[str | int]]:
     """KEYS and ARGV of redis/lua/delayed_touch.lua: lower the index of these partitions to these dues."""
     return list(delayed_index(ns)), [x for kv in touches.items() for x in kv]

@@ -22,7 +22,7 @@ from ..redis.resp import send_packed, text
 from ..redis.scripts import BACKLOG, DELAYED_TOUCH, PUBLISH_ONCE, SCHEDULE_DELAYED
 from ..settings import Settings
 from ..topology import Topology, TypeRoute
-from .delayed import Due, Outcome, due_of, read_scheduled, schedule_calls, touch_call
+from .delayed import Due, Outcome, atomic_delayed_error, due_of, read_scheduled, schedule_calls, touch_call
 from .entries import (
     exec_replies,
     in_transaction,
@@ -106,9 +106,14 @@ class Publisher(PublisherState):
         return prepared
 
     async def send(self, prepared: list[Prepared], atomic: bool = False) -> list[Published]:
-        """Append prepared events. With `atomic`, in one MULTI/EXEC, so that either all or none are appended."""
+        """Append prepared events. With `atomic`, in one MULTI/EXEC, so that either all or none are appended (a
+        batch with delayed events is refused then: see refuse_atomic_delayed)."""
         if not prepared:
             return []
+        refused = atomic_delayed_error(prepared, atomic)
+        if refused is not None:
+            self._observe(prepared, refused)
+            raise refused
         try:
             await self._ensure_ready(prepared)
             if any(p.due is not None for p in prepared):
@@ -129,8 +134,8 @@ class Publisher(PublisherState):
         return results
 
     async def _send_with_delayed(self, prepared: list[Prepared], atomic: bool) -> list[Published]:
-        """Append the events due now, then schedule the delayed ones (publish/delayed.py). With `atomic`, each part
-        is one MULTI/EXEC: all appends or none, all schedules or none."""
+        """Append the events due now, then schedule the delayed ones (publish/delayed.py). Never atomic across
+        both (send refuses that); `atomic` is False here."""
         now = [p for p in prepared if p.due is None]
         later = [p for p in prepared if p.due is not None]
         await self.reserve(now, mark=False)

@@ -33,7 +33,16 @@ from ..redis.connection import sync_redis_client
 from ..redis.scripts import BACKLOG, CANCEL_DELAYED, DELAYED_TOUCH, ENSURE_GROUP, PUBLISH_ONCE, SCHEDULE_DELAYED
 from ..settings import Settings
 from ..topology import Topology
-from .delayed import Outcome, cancel_call, cancel_targets, due_of, read_scheduled, schedule_calls, touch_call
+from .delayed import (
+    Outcome,
+    atomic_delayed_error,
+    cancel_call,
+    cancel_targets,
+    due_of,
+    read_scheduled,
+    schedule_calls,
+    touch_call,
+)
 from .entries import (
     exec_replies,
     in_transaction,
@@ -121,11 +130,16 @@ class SyncPublisher(PublisherState):
 
     def publish_many(self, items: Iterable[Event | Outgoing], *, atomic: bool = False) -> list[Published]:
         """Append many events in one pipelined round trip (plus one to create groups on a stream's first use).
-        With `atomic`, in one MULTI/EXEC: all or none (on a single Redis)."""
+        With `atomic`, in one MULTI/EXEC: all or none (on a single Redis); an atomic batch cannot hold delayed
+        events (InvalidEvent: see atomic_delayed_error)."""
         prepared = [self._prepare(item if isinstance(item, Outgoing) else Outgoing(item)) for item in items]
         start_spans(self._instruments.tracing, prepared)  # once all are encoded: a failure leaves no span open
         if not prepared:
             return []
+        refused = atomic_delayed_error(prepared, atomic)
+        if refused is not None:
+            self._observe(prepared, refused)
+            raise refused
         try:
             self._ensure_ready(prepared)
             results = self._send(prepared, atomic)

@@ -191,6 +191,26 @@ async def test_max_delayed_refuses_at_publish_time(ns: str, redis_url: str, redi
         assert not isinstance(other, BaseException) and other.scheduled
 
 
+async def test_an_atomic_batch_with_delayed_events_is_refused_and_sends_nothing(ns: str, redis_url: str,
+                                                                                 redis: aioredis.Redis) -> None:
+    """Appends and schedules cannot be one all-or-none step (a full partition's script replies inside the MULTI
+    while the others commit): such a batch is refused before anything is sent, by both publishers."""
+    async with open_app(ns, redis_url) as app:
+        app.register(Reminder, Sharded, groups=["g"])
+        keys = partition(app, Reminder)
+        batch = [Outgoing(Reminder(user_id="now")), Outgoing(Sharded(user_id="later"), delay=60)]
+        with pytest.raises(InvalidEvent, match="atomic"):
+            await app.publish_many(batch, atomic=True)
+        with SyncPublisher(app) as sync, pytest.raises(InvalidEvent, match="atomic"):
+            await asyncio.to_thread(sync.publish_many, batch, atomic=True)
+        assert await redis.exists(keys.stream) == 0, "nothing appended"
+        assert await redis.zcard(delayed_index(ns)[0]) == 0, "nothing scheduled"
+        done = await app.publish_many([Outgoing(Reminder(user_id="a")), Outgoing(Reminder(user_id="b"))],
+                                      atomic=True)
+        assert [p.appended for p in done] == [True, True], "an atomic batch of events due now still works"
+        assert len(await app.publish_many(batch)) == 2, "without atomic the mixed batch is sent"
+
+
 async def test_partitioned_type_lands_in_its_partition(ns: str, redis_url: str, redis: aioredis.Redis) -> None:
     calls = Calls()
     async with open_app(ns, redis_url) as app:
