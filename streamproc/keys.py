@@ -20,6 +20,9 @@
     {ns}:delayed:{card.added:3}                sorted set: event id -> when its delayed event is due (ms, Redis time)
     {ns}:delayedentries:{card.added:3}         hash: event id -> its entry packed (publish/delayed.py: the stream it
                                                goes to, then its fields), appended to that stream when due
+    {ns}:delayeddead:{card.added:3}            stream of delayed entries the mover could not append (unreadable,
+                                               naming another slot's stream, or the XADD failed: WRONGTYPE...),
+                                               each with event_id, due (ms), reason and the packed entry
 
 A type with priority lanes (`Event.priorities` > 1) has one stream per lane of each partition, with the
 partition's hash tag (so every lane of a partition is in one slot, on Cluster too), and every key above except
@@ -116,6 +119,9 @@ class PartitionKeys:
 
     def delayed_entries(self) -> str:
         return f"{self.ns}:delayedentries:{self.hash_tag}"
+
+    def delayed_dead(self) -> str:
+        return f"{self.ns}:delayeddead:{self.hash_tag}"
 
     @property
     def member(self) -> str:

@@ -90,6 +90,7 @@ class Promoter:
         self.polls = 0
         self.burst = 1  # move calls per partition per round trip (more while behind)
         self.left: list[str | int] = []  # what the last moves left, for the next poll's compare-and-set
+        self.dead = 0  # delayed entries set aside as unappendable (move_delayed.lua), since start
         self._due = self.redis.register_script(DELAYED_DUE)
         self._move = self.redis.register_script(MOVE_DELAYED)
         self._touch = self.redis.register_script(DELAYED_TOUCH)
@@ -129,7 +130,7 @@ class Promoter:
         due = [Due(text(flat[i]), text(flat[i + 2])) for i in range(0, len(flat), 3)]
         if due:
             again, left = await self.move(due)
-            if again:
+            if again or len(due) >= POLL_PARTITIONS:  # a full list: more partitions are due now, poll at once
                 return 0.0
             next_due += left
         pause = settings.delayed_poll_ms / 1000
@@ -145,13 +146,18 @@ class Promoter:
         async with self.redis.pipeline(transaction=False) as pipe:
             for part in parts:
                 for _ in range(burst):  # each call is atomic on its own; a call that finds nothing due is cheap
-                    await self._move(keys=[part.keys.delayed(), part.keys.delayed_entries(), *part.streams],
-                                     args=[batch, int(part.nomkstream)], client=pipe)
+                    await self._move(keys=[part.keys.delayed(), part.keys.delayed_entries(),
+                                           part.keys.delayed_dead(), *part.streams],
+                                     args=[batch, int(part.nomkstream), part.keys.hash_tag], client=pipe)
             replies: list[Any] = await pipe.execute()
         again, left = False, []
         for i, (d, part) in enumerate(zip(due, parts, strict=True)):
             mine = replies[i * burst : (i + 1) * burst]
-            _, state, stream, first = next((r for r in mine if text(r[1]) != "done"), mine[-1])
+            self._count_dead(part, mine)
+            # A call that stopped early ('unknown', 'missing') made the calls after it stop at the same entry: its
+            # state is the one to act on. Whether more is due is told by the last call (its batch was full), and
+            # what is left by the first that stopped (the later ones saw the same store).
+            _, state, stream, first, *_ = next((r for r in mine if text(r[1]) != "done"), mine[-1])
             again = await self._after_move(part, int(mine[-1][0]), text(state), text(stream)) or again
             if first:
                 left.append(float(first))
@@ -160,13 +166,19 @@ class Promoter:
         self.burst = min(MAX_BURST, burst * 2) if again else 1
         return again, left
 
+    def _count_dead(self, part: Partition, replies: list[Any]) -> None:
+        """Count and log (once: they left the store) the entries the move put in the dead stream."""
+        dead = sum(int(r[4]) for r in replies)
+        if dead:
+            self.dead += dead
+            reason = next(text(r[5]) for r in replies if int(r[4]))
+            log.error("%d delayed event(s) of %s could not be appended (%s); they are in %s", dead,
+                      part.keys.delayed(), reason, part.keys.delayed_dead())
+
     async def _after_move(self, part: Partition, moved: int, state: str, stream: str) -> bool:
-        """Learn a stream the store names, or recreate a vanished one with its groups; True to move again now."""
+        """Learn a stream the store names (of this slot: the script sets aside any other), or recreate a vanished
+        one with its groups; True to move again now."""
         if state == "unknown":
-            if part.keys.hash_tag not in stream:  # never a key of another slot: it is not ours to append to
-                log.error("a delayed event in %s names the stream %s of another partition; it stays there",
-                          part.keys.delayed(), stream)
-                return False
             part.streams.append(stream)
             return True
         if state == "missing":
@@ -182,10 +194,11 @@ class Promoter:
         route = self.app.topology.by_tag.get(keys.tag)
         wanted = Wanted(keys, route.all_groups() if route is not None else {})
         declared = (await ensure_declared(self.redis, [wanted]))[keys]
+        if not declared:  # not a loss: the first delayed event of a type no group is declared on makes its stream
+            part.nomkstream = False
+            return
         log.warning("stream %s vanished while delayed events waited for it (did Redis lose its data?); created its "
                     "groups %s again before appending them", stream, sorted(declared))
-        if not declared:
-            part.nomkstream = False
 
 
 class _Stop:

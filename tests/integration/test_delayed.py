@@ -17,6 +17,7 @@ from opentelemetry.trace import SpanKind
 
 from streamproc import App, BacklogFull, Context, Event, InvalidEvent, Outgoing, SyncPublisher, partition_of
 from streamproc.keys import PartitionKeys, delayed_index
+from streamproc.publish.delayed import pack_entry
 from streamproc.redis.errors import FatalRedisError
 from streamproc.testing import drain
 from streamproc.worker.promote import Promoter, promote
@@ -299,6 +300,38 @@ async def test_vanished_stream_gets_its_groups_before_the_move(ns: str, redis_ur
             await worker.wait_for(lambda: calls.total("g") == 1)
         assert calls.of("g") == Counter({published.event_id: 1})
         assert [g["name"] for g in await redis.xinfo_groups(keys.stream)] == [b"g"]
+
+
+async def test_entries_that_cannot_be_appended_are_set_aside_and_the_rest_moves(ns: str, redis_url: str,
+                                                                                redis: aioredis.Redis) -> None:
+    """Hand-written bad entries, due before good ones: each is moved to the partition's dead stream with its
+    reason (once), the good ones behind them are appended, and the mover keeps going (it used to stop every worker,
+    or log an entry naming another slot's stream 20 times a second and block the partition)."""
+    calls = Calls()
+    async with open_app(ns, redis_url) as app:
+        app.handler(Reminder, group="g")(handler_recording(calls))
+        keys = partition(app, Reminder)
+        wrong = f"{keys.stream}:string"  # a key of this slot holding a string: XADD fails with WRONGTYPE
+        await redis.set(wrong, "x")
+        fields = {b"event_id": b"bad", b"data": b""}
+        bad = {"garbled": b"no netstrings", "odd": pack_entry(keys.stream, fields) + b"4:more",
+               "elsewhere": pack_entry(f"{ns}:ev:{{elsewhere:0}}", fields), "wrongtype": pack_entry(wrong, fields)}
+        for i, (event_id, packed) in enumerate(bad.items()):
+            await redis.hset(keys.delayed_entries(), event_id, packed)
+            await redis.zadd(keys.delayed(), {event_id: i + 1})  # due long ago, before the good ones
+        good = await app.publish_many([Outgoing(Reminder(user_id=f"u{i}"), delay=0.05) for i in range(3)])
+        async with running(app) as worker:
+            await worker.wait_for(lambda: calls.total("g") == 3)
+            dead = await redis.xrange(keys.delayed_dead())
+            late = await app.publish(Reminder(user_id="late"), delay=0.05)
+            await worker.wait_for(lambda: calls.total("g") == 4, message="the mover goes on after them")
+        assert calls.of("g") == Counter({p.event_id: 1 for p in [*good, late]})
+        reasons = {f[b"event_id"].decode(): f[b"reason"].decode() for _, f in dead}
+        assert len(dead) == len(bad) and set(reasons) == set(bad), reasons
+        assert reasons["garbled"] == "unreadable entry" and "another slot" in reasons["elsewhere"]
+        assert "odd" in reasons["odd"] and "WRONGTYPE" in reasons["wrongtype"], reasons
+        assert {f[b"entry"] for _, f in dead} == set(bad.values()), "each is kept as it was stored"
+        assert await nothing_waits(redis, [keys]) and await redis.xlen(keys.delayed_dead()) == len(bad)
 
 
 async def test_idle_cost_does_not_grow_with_partitions(ns: str, fresh_redis: RedisServer) -> None:
