@@ -4,7 +4,10 @@ once at registration; and what a function's return value must be (one event, or 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
 import inspect
+import threading
 import types
 import typing
 from collections.abc import Awaitable, Callable, Sequence
@@ -128,15 +131,54 @@ def events_of(result: object, name: str) -> TickEvents:
                     "of Events (return [] to publish nothing for a tick)")
 
 
-async def call(schedule: Schedule, tick: datetime) -> TickEvents:
+class StillRunning(RuntimeError):
+    """A plain function's run for an earlier tick outlived its timeout and has not returned yet."""
+
+
+class Threads:
+    """The threads of plain schedule functions in one process: at most one per schedule at a time. A timeout stops
+    the await, not the thread (Python cannot stop one), so a hung function started again at every evaluation
+    would take one more thread each time. Each run gets a daemon thread of its own rather than one of the loop's
+    default executor, so that a hung function never makes other schedules (or getaddrinfo, on reconnects) queue
+    behind it, and does not hold up the interpreter's exit."""
+
+    def __init__(self) -> None:
+        self._running: dict[str, concurrent.futures.Future[object]] = {}
+
+    def busy(self, name: str) -> bool:
+        """Whether schedule `name`'s function is still running in a thread (a timed-out run)."""
+        run = self._running.get(name)
+        return run is not None and not run.done()
+
+    async def run(self, schedule: Schedule, tick: datetime) -> object:
+        if self.busy(schedule.name):
+            raise StillRunning(f"schedule {schedule.name!r}: its function's previous run outlived its timeout and "
+                               "is still running; it is not started again until that run returns")
+        done: concurrent.futures.Future[object] = concurrent.futures.Future()
+        context = contextvars.copy_context()  # as asyncio.to_thread does
+
+        def work() -> None:
+            done.set_running_or_notify_cancel()
+            try:
+                done.set_result(context.run(schedule.fn, tick))
+            except BaseException as exc:  # handed to the awaiting task, which decides
+                done.set_exception(exc)
+
+        self._running[schedule.name] = done
+        threading.Thread(target=work, name=f"schedule {schedule.name}", daemon=True).start()
+        # shield: a timeout cancels the wait, not `done` (which could not be cancelled once running anyway)
+        return await asyncio.shield(asyncio.wrap_future(done))
+
+
+async def call(schedule: Schedule, tick: datetime, threads: Threads) -> TickEvents:
     """Run the function for one tick, within its timeout: an `async def` in this loop, a plain function in a
-    thread (and what it returns awaited, if awaitable)."""
+    thread of its own (threads: never two at once for one schedule; and what it returns awaited, if awaitable)."""
     fn = schedule.fn
     async with asyncio.timeout(schedule.timeout):
         if inspect.iscoroutinefunction(fn):
             result: object = await fn(tick)
         else:
-            result = await asyncio.to_thread(fn, tick)
+            result = await threads.run(schedule, tick)
             if inspect.isawaitable(result):
                 result = await result
     return events_of(result, schedule.name)

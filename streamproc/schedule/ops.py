@@ -10,7 +10,7 @@ import msgspec
 
 from ..errors import ConfigError
 from .cron import Cron, Every, tick_time
-from .declare import Schedule, call
+from .declare import Schedule, Threads, call
 from .fire import Fired, publish_tick, trigger_label
 from .state import Record, ScheduleState
 
@@ -86,7 +86,7 @@ async def trigger(app: App, name: str) -> Triggered:
     schedule = schedule_of(app, name)
     seconds, micros = await app.redis.time()
     moment = datetime.fromtimestamp(seconds, tz=UTC).replace(microsecond=micros).astimezone(schedule.tz)
-    batch = await call(schedule, moment)
+    batch = await call(schedule, moment, Threads())
     fired: Fired = await publish_tick(app, name, trigger_label(seconds, micros), batch,
                                       app.settings.dedup_window_ms)
     return Triggered(name=name, tick=moment.isoformat(), event_ids=fired.event_ids, appended=fired.appended)

@@ -65,6 +65,7 @@ class ScheduleState:
 
     def __init__(self, redis: aioredis.Redis, ns: str) -> None:
         self.key = schedules_key(ns)
+        self._redis = redis
         self._poll = redis.register_script(SCHEDULES_POLL)
         self._fired = redis.register_script(SCHEDULE_FIRED)
         self._pause = redis.register_script(SCHEDULE_PAUSE)
@@ -77,6 +78,10 @@ class ScheduleState:
     async def fired(self, name: str, tick: int, event_id: str, events: int) -> bool:
         """Record a fired tick (only ever forward); False if the same or a later tick was recorded already."""
         return bool(await self._fired(keys=[self.key], args=[name, tick, event_id, events]))
+
+    async def is_paused(self, name: str) -> bool:
+        """One schedule's pause state alone (read before each tick of a catch-up)."""
+        return bool(await self._redis.hexists(self.key, f"{name}:paused_at"))
 
     async def set_paused(self, name: str, paused: bool) -> bool:
         """Pause or resume; False if it was so already."""

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -17,8 +18,10 @@ import redis.asyncio as aioredis
 
 from streamproc import App, Event
 from streamproc.keys import schedules_key
+from streamproc.redis.errors import FatalRedisError
 from streamproc.schedule.cron import tick_text
 from streamproc.schedule.ops import list_schedules, set_paused, trigger
+from streamproc.worker.schedules import run_schedules
 from tests.helpers import wait_for
 from tests.inproc import fast_settings, running
 
@@ -252,3 +255,82 @@ async def test_a_failing_schedule_is_retried_at_the_next_evaluation_while_others
     assert len(failures) == 2 and "RuntimeError: the database is away" in failures[0], failures
     assert any("wrong: tick" in r.getMessage() and "not an Event or a list of Events" in r.getMessage()
                for r in caplog.records)
+
+
+async def test_a_hung_function_runs_in_one_thread_at_a_time_while_others_fire(
+        redis_url: str, ns: str, redis: aioredis.Redis, caplog: pytest.LogCaptureFixture) -> None:
+    app = make_app(ns, redis_url, grace_ms=30_000)
+    beat(app, "steady")
+    release = threading.Event()
+    lock = threading.Lock()
+    runs = {"started": 0, "now": 0, "most": 0}
+
+    @app.cron(every=timedelta(seconds=1), name="hung", timeout=0.2)
+    def hung(tick: datetime) -> Beat:
+        with lock:
+            runs["started"] += 1
+            runs["now"] += 1
+            runs["most"] = max(runs["most"], runs["now"])
+        release.wait(30)  # far past its timeout
+        with lock:
+            runs["now"] -= 1
+        return Beat(schedule="hung", at=tick.isoformat())
+
+    caplog.set_level(logging.INFO, logger="streamproc.schedule")
+    try:
+        async with running(app):
+            await wait_for(lambda: runs["started"] >= 1, 10.0, message="hung started")
+            steady = len(ids_of(await entries(redis, app), "steady"))
+            await _wait_ids(redis, app, "steady", steady + 4)  # 4 s: about 4 evaluations found hung due
+            assert (runs["started"], runs["most"]) == (1, 1), runs
+            release.set()
+            await _wait_ids(redis, app, "hung", 1)  # its ticks fire again once the thread returned
+    finally:
+        release.set()
+        await app.aclose()
+    assert runs["most"] == 1, runs
+    waits = [r for r in caplog.records if "hung: its function outlived its timeout" in r.getMessage()]
+    assert len(waits) == 1, [r.getMessage() for r in waits]
+
+
+async def test_a_pause_stops_a_catch_up_under_way(redis_url: str, ns: str, redis: aioredis.Redis) -> None:
+    app = make_app(ns, redis_url)
+    started, go = asyncio.Event(), asyncio.Event()
+    calls: list[str] = []
+
+    @app.cron(every=timedelta(minutes=1), name="minutely", misfire="all", max_catchup=5)
+    async def minutely(tick: datetime) -> Beat:
+        calls.append(tick.isoformat())
+        started.set()
+        await go.wait()  # the test pauses the schedule while the first tick of the catch-up runs
+        return Beat(schedule="minutely", at=tick.isoformat())
+
+    last = await wait_quiet(redis, 60_000, 8_000)
+    await _downtime(redis, ns, "minutely", last, 10)
+    try:
+        async with running(app):
+            await asyncio.wait_for(started.wait(), 10)
+            assert await set_paused(app, "minutely", True) is True
+            go.set()
+            await _wait_ids(redis, app, "minutely", 1)
+            await _wait_recorded(redis, ns, "minutely", last - 4 * 60_000)
+            for _ in range(20):  # 2 s: the rest of the plan fires within milliseconds if the pause is missed
+                assert len(calls) == 1, calls
+                await asyncio.sleep(0.1)
+    finally:
+        go.set()
+        await app.aclose()
+    assert ids_of(await entries(redis, app), "minutely") == [f"cron:minutely:{tick_text(last - 4 * 60_000)}"]
+
+
+async def test_a_fatal_redis_error_while_firing_stops_the_schedules_loop(redis_url: str, ns: str,
+                                                                        redis: aioredis.Redis) -> None:
+    app = make_app(ns, redis_url)
+    beat(app, "second")
+    await redis.set(app.topology.route(Beat).partitions[0].stream, "not a stream")  # WRONGTYPE on XADD
+    stopped: list[FatalRedisError] = []
+    try:
+        await asyncio.wait_for(run_schedules(app, asyncio.Event(), stopped.append), 15)
+    finally:
+        await app.aclose()
+    assert len(stopped) == 1 and "WRONGTYPE" in str(stopped[0]), stopped
