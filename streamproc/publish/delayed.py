@@ -27,6 +27,7 @@ time), so that publishing it again, delayed or not, is a no-op while it waits an
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import zlib
@@ -43,6 +44,8 @@ from ..keys import PartitionKeys, delayed_index
 from ..redis.resp import text
 from ..redis.scripts import CANCEL_DELAYED
 from ..topology import Topology
+
+log = logging.getLogger(__name__)
 
 Fields = dict[bytes, bytes | str | int]
 
@@ -175,6 +178,14 @@ def atomic_delayed_error(items: Sequence[Schedulable], atomic: bool) -> InvalidE
         return InvalidEvent("publish_many(atomic=True) cannot hold delayed events (delay=/at=): publish them in a "
                             "separate publish_many without atomic")
     return None
+
+
+def touch_failed(ns: str, touches: dict[str, int], error: Exception) -> None:
+    """A publisher's index touch failed after its events were scheduled: the publish stands (failing it would make
+    a retry with generated ids schedule them twice). A worker's sweep indexes them when it reaches their partition
+    (one partition about every second, worker/promote.py), or its start rebuild: they may be appended late."""
+    log.warning("delayed events of %s scheduled, but the index %s was not updated (%s): workers' sweep will find "
+                "them, maybe late", ", ".join(sorted(touches)), delayed_index(ns)[0], error)
 
 
 def touch_call(ns: str, touches: dict[str, int]) -> tuple[list[str], list[str | int]]:

@@ -22,7 +22,16 @@ from ..redis.resp import send_packed, text
 from ..redis.scripts import BACKLOG, DELAYED_TOUCH, PUBLISH_ONCE, SCHEDULE_DELAYED
 from ..settings import Settings
 from ..topology import Topology, TypeRoute
-from .delayed import Due, Outcome, atomic_delayed_error, due_of, read_scheduled, schedule_calls, touch_call
+from .delayed import (
+    Due,
+    Outcome,
+    atomic_delayed_error,
+    due_of,
+    read_scheduled,
+    schedule_calls,
+    touch_call,
+    touch_failed,
+)
 from .entries import (
     exec_replies,
     in_transaction,
@@ -156,7 +165,10 @@ class Publisher(PublisherState):
         done = read_scheduled(calls, replies, len(later), settings.max_delayed)
         if done.touches:
             names, args = touch_call(later[0].keys.ns, done.touches)
-            await self._touch_script(keys=names, args=args)
+            try:
+                await self._touch_script(keys=names, args=args)
+            except RedisError as exc:  # they are scheduled: failing now would make a retry schedule them twice
+                touch_failed(later[0].keys.ns, done.touches, exc)
         if done.full is not None:
             raise done.full
         return [o for o in done.outcomes if o is not None]

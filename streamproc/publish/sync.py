@@ -42,6 +42,7 @@ from .delayed import (
     read_scheduled,
     schedule_calls,
     touch_call,
+    touch_failed,
 )
 from .entries import (
     exec_replies,
@@ -175,7 +176,10 @@ class SyncPublisher(PublisherState):
         done = read_scheduled(calls, replies, len(later), self._settings.max_delayed)
         if done.touches:
             names, args = touch_call(later[0].keys.ns, done.touches)
-            self._touch_script(keys=names, args=args)
+            try:
+                self._touch_script(keys=names, args=args)
+            except RedisError as exc:  # they are scheduled: failing now would make a retry schedule them twice
+                touch_failed(later[0].keys.ns, done.touches, exc)
         if done.full is not None:
             raise done.full
         return [o for o in done.outcomes if o is not None]

@@ -14,9 +14,13 @@ it can is closed:
 - A mover killed (or stopped) between its move and its next poll's compare-and-set leaves the index score as it
   was, lower than or equal to what is left: the partition is polled again at once, and the next mover sets it right.
 - A score lower than needed (a cancel, another mover's later move) costs one empty move, never a late event.
-- A publisher killed between scheduling and touching the index (or Redis losing the index but not the
-  partitions): each process checks one partition of its app every SWEEP_EVERY polls (a constant cost, whatever
-  the number of partitions) and rebuilds the index for every partition of its app at start.
+- A publisher killed between scheduling and touching the index, or whose touch failed (the publish stands then:
+  failing it would make a retry schedule again), or Redis losing the index but not the partitions: each process
+  checks one partition every SWEEP_EVERY polls (a constant cost, whatever the number of partitions), in turn
+  those of its app and those of other types the index ever named to it, and rebuilds the index for every
+  partition of its app at start. A partition of a type no worker's app declares that the index never named is
+  not found: finding it would take a SCAN of the keyspace ({ns}:delayed:*), O(keys of the database) per sweep;
+  its events wait until a publisher touches its index entry again (any later delayed publish to it does).
 """
 
 from __future__ import annotations
@@ -81,12 +85,13 @@ class Promoter:
         self.redis = redis if redis is not None else app.redis
         self.index = list(delayed_index(app.name))
         self.partitions: dict[str, Partition] = {}
+        self.sweep_order: list[str] = []  # the app's partitions, then those the index named (learned in _partition)
         for route in app.topology.by_tag.values():
             for keys in route.partitions:
                 part = self._partition(keys.member)
                 if keys.stream not in part.streams:
                     part.streams.append(keys.stream)
-        self.sweep_order = sorted(self.partitions)
+        self.sweep_order.sort()
         self.polls = 0
         self.burst = 1  # move calls per partition per round trip (more while behind)
         self.left: list[str | int] = []  # what the last moves left, for the next poll's compare-and-set
@@ -100,6 +105,7 @@ class Promoter:
         if part is None:
             keys = partition_of_member(self.app.name, member)
             part = self.partitions[member] = Partition(keys, [keys.stream])
+            self.sweep_order.append(member)
         return part
 
     async def rebuild(self, chosen: Sequence[str] | None = None) -> int:

@@ -20,7 +20,7 @@ from streamproc.keys import PartitionKeys, delayed_index
 from streamproc.publish.delayed import pack_entry
 from streamproc.redis.errors import FatalRedisError
 from streamproc.testing import drain
-from streamproc.worker.promote import Promoter, promote
+from streamproc.worker.promote import SWEEP_EVERY, Promoter, promote
 from tests.helpers import wait_for
 from tests.inproc import Calls, fast_settings, handler_recording, open_app, partition, running
 from tests.otel import Spans, parent_id, recorded_spans
@@ -210,6 +210,55 @@ async def test_an_atomic_batch_with_delayed_events_is_refused_and_sends_nothing(
                                       atomic=True)
         assert [p.appended for p in done] == [True, True], "an atomic batch of events due now still works"
         assert len(await app.publish_many(batch)) == 2, "without atomic the mixed batch is sent"
+
+
+async def test_a_failed_index_touch_does_not_fail_the_publish(ns: str, redis_url: str, redis: aioredis.Redis,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """The events are scheduled before the touch: raising then would make a retry with generated ids schedule them
+    twice. The publish stands, warns, and the workers index the partition themselves."""
+    calls = Calls()
+    async with open_app(ns, redis_url) as app:
+        app.handler(Reminder, group="g")(handler_recording(calls))
+        keys = partition(app, Reminder)
+        await redis.set(delayed_index(ns)[0], "not a sorted set")  # the touch script fails with WRONGTYPE
+        first = await app.publish(Reminder(user_id="u1"), delay=0.05)
+        with SyncPublisher(app) as sync:
+            second = await asyncio.to_thread(sync.publish, Reminder(user_id="u2"), delay=0.05)
+        assert first.scheduled and second.scheduled
+        assert await redis.zcard(keys.delayed()) == 2, "each scheduled once"
+        assert sum("index" in r.getMessage() and "WRONGTYPE" in r.getMessage() for r in caplog.records) == 2
+        await redis.delete(delayed_index(ns)[0])
+        async with running(app) as worker:  # its start rebuild (or its sweep) indexes the partition
+            await worker.wait_for(lambda: calls.total("g") == 2)
+        assert calls.of("g") == Counter({first.event_id: 1, second.event_id: 1})
+
+
+async def test_the_sweep_covers_partitions_of_types_the_app_does_not_declare(ns: str, redis_url: str,
+                                                                             redis: aioredis.Redis) -> None:
+    """A partition the index named to a mover is swept by it too: a lost touch there is found within one turn of
+    the sweep (SWEEP_EVERY polls per partition it sweeps)."""
+    async with open_app(ns, redis_url) as mover_app, open_app(ns, redis_url) as producer:
+        mover_app.register(Reminder, groups=["g"])
+        producer.register(Sharded, groups=["g"])
+        promoter = Promoter(mover_app)
+        event = Sharded(user_id="u")
+        keys = partition(producer, Sharded, partition_of(event))
+        await producer.publish(event, delay=0.01)
+
+        async def moved(count: int) -> bool:
+            await promoter.step()
+            return bool(await redis.xlen(keys.stream) == count)
+
+        await wait_for(lambda: moved(1), message="moved by the other app's mover")
+        assert keys.member in promoter.sweep_order
+        await redis.set(delayed_index(ns)[0], "not a sorted set")
+        await producer.publish(Sharded(user_id="u"), delay=0.01)  # its touch fails
+        await redis.delete(delayed_index(ns)[0])
+        bound = len(promoter.sweep_order) * SWEEP_EVERY + 1
+        polls = 1
+        while not await moved(2):
+            assert polls < bound, f"not swept within {bound} polls"
+            polls += 1
 
 
 async def test_partitioned_type_lands_in_its_partition(ns: str, redis_url: str, redis: aioredis.Redis) -> None:
