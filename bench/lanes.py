@@ -5,7 +5,7 @@ measured), one worker process (`streamproc.run_worker`, the eager no-op handler 
 barrier; the window ends when Redis reports every stream read and nothing pending. Cases:
 
     no lanes                 Tick on its one stream: the path of every type without lanes (read as always)
-    3 lanes, all in lane 1   LanedTick, every event in its default lane: read_lanes.lua finds lanes 0 and 2 empty
+    3 lanes, all in lane 1   LanedTick, every event in its default lane: lane_lags.lua finds lanes 0 and 2 empty
     3 lanes, spread evenly   a third of the events in each lane: every read takes from several lanes
 
 Ratios compare with "no lanes" of the same run. Whether the lane machinery costs anything when a type has none

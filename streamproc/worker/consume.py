@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -14,7 +15,7 @@ from ..app import Handler
 from ..keys import PartitionKeys
 from ..redis.resp import pack_command, send_packed
 from ..redis.scripts import LANE_LAGS, TAKE_RETRIES
-from .lanes import LaneSet, group_lanes, plan
+from .lanes import LaneSet, group_lanes, plan, refill
 
 log = logging.getLogger(__name__)
 
@@ -110,16 +111,21 @@ class Reader:
         plain, lane_sets, per = self._units_for(count)
         lags = await self._send_scripts([self._lags_command(lanes) for lanes in lane_sets]) if lane_sets else []
         reads: list[bytes] = []
+        plans: list[tuple[LaneSet, list[int], list[int]]] = []
         for lanes, lag in zip(lane_sets, lags, strict=True):
+            known = [int(x) for x in cast(list[Any], lag)]
             reserves = lanes.reserves(per, self._floor)
-            takes = plan(per, [int(x) for x in cast(list[Any], lag)], reserves)
+            takes = plan(per, known, reserves)
             lanes.settle(reserves, takes)  # what the lags promise is what is read (unless another consumer was first)
-            reads += [self._xreadgroup([stream], n, None) for stream, n in zip(lanes.streams, takes, strict=True) if n]
+            plans.append((lanes, known, takes))
+            reads += self._lane_reads(lanes, takes)
         if plain:
             reads.append(self._xreadgroup(plain, per, None))
         out: list[Delivery] = []
         for reply in await send_packed(self.redis, reads) if reads else ():
             self._add_read(reply, out)
+        if any(-1 in known for _, known, _ in plans):  # rare: Redis could not tell some lane's lag
+            await self._refill(plans, out)
         if out:
             return out
         streams = [*plain, *(stream for lanes in lane_sets for stream in lanes.streams)]
@@ -128,6 +134,19 @@ class Reader:
                                     read_timeout=block_ms / 1000 + self.deadline_s)
         self._add_read(reply, out)
         return out
+
+    def _lane_reads(self, lanes: LaneSet, takes: list[int]) -> list[bytes]:
+        return [self._xreadgroup([stream], n, None) for stream, n in zip(lanes.streams, takes, strict=True) if n]
+
+    async def _refill(self, plans: list[tuple[LaneSet, list[int], list[int]]], out: list[Delivery]) -> None:
+        """Read again what lanes of unknown lag were planned but did not hold (lanes.py: refill), from the
+        partition's other lanes: one more round trip, only when a lag was unknown and a lane came up short."""
+        got = Counter(d.keys.stream for d in out)
+        reads: list[bytes] = []
+        for lanes, known, takes in plans:
+            reads += self._lane_reads(lanes, refill(known, takes, [got[name] for name in lanes.names]))
+        for reply in await send_packed(self.redis, reads) if reads else ():
+            self._add_read(reply, out)
 
     def _units_for(self, count: int) -> tuple[list[bytes], list[LaneSet], int]:
         """`_streams_for` with each partition's lanes as one unit: the plain streams and lane sets one read covers,

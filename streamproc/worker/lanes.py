@@ -6,7 +6,9 @@ per partition (redis/lua/lane_lags.lua) says how many entries each lane holds fo
 the read's count over the lanes (each lower lane's reserve first, then the rest from lane 0 down, never more than
 a lane holds) and plain XREADGROUPs, one per lane, take exactly that. (A first version read the lanes inside a
 script: entries passed through Lua cost Redis about six times the read itself, a third of the drain rate.) Only
-when every stream of the group is empty does the reader block, on all of them at once.
+when every stream of the group is empty does the reader block, on all of them at once. A lane whose lag Redis
+cannot tell (-1: entries deleted ahead of the group, which can stay so for good) is planned as much as it is given;
+when it gives less, `refill` reads the shortfall from the partition's other lanes in one more round trip.
 
 The reserve is the floor share: `priority_floor` of the entries read from the partition, for each lane below 0.
 Reads are often small (a worker reads as soon as a few places are free), so the share is kept as a credit across
@@ -67,6 +69,18 @@ def plan(count: int, lags: list[int], reserves: list[int]) -> list[int]:
         takes[lane] += more
         left -= more
     return takes
+
+
+def refill(lags: list[int], takes: list[int], read: list[int]) -> list[int]:
+    """A second read for a partition where a lane of unknown lag (-1) gave less than `plan` gave it (`read` per
+    lane): the shortfall, from the lanes known to hold more, lane 0 first. A lane that gave less than planned holds
+    no more (or another consumer was first). Without it a lane whose lag Redis cannot tell (entries deleted ahead of
+    the group) and that is in fact empty would take most of every read's count and return nothing for it."""
+    short = sum(takes) - sum(read)
+    if short <= 0 or -1 not in lags:
+        return [0] * len(lags)
+    left = [0 if lag < 0 or got < took else lag - got for lag, took, got in zip(lags, takes, read, strict=True)]
+    return plan(short, left, [0] * len(lags))
 
 
 def group_lanes(sources: list[tuple[Handler[Any], PartitionKeys]]) -> list[LaneSet]:

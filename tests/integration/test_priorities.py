@@ -300,8 +300,9 @@ def test_the_sync_publisher_takes_a_priority(ns: str, redis_url: str) -> None:
 
 async def test_a_lanes_destroyed_group_is_recreated_and_reading_goes_on(ns: str, redis_url: str,
                                                                        redis: aioredis.Redis) -> None:
-    """XGROUP DESTROY of lane 1's group under a running worker: read_lanes.lua fails with NOGROUP, the group is
-    recreated (as for any stream), and every lane's events published after it still run, once each."""
+    """XGROUP DESTROY of lane 1's group under a running worker: lane_lags.lua reports its lag as unknown (-1), the
+    lane's XREADGROUP fails with NOGROUP, the group is recreated (as for any stream), and every lane's events
+    published after it still run, once each."""
     calls = Calls()
     async with open_app(ns, redis_url, lease_ms=30_000) as app:
         app.handler(Notice, group="g")(handler_recording(calls))

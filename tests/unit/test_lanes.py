@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from streamproc.keys import PartitionKeys
-from streamproc.worker.lanes import LaneSet, plan
+from streamproc.worker.lanes import LaneSet, plan, refill
 
 
 @pytest.mark.parametrize(("count", "lags", "reserves", "takes"), [
@@ -20,6 +20,30 @@ from streamproc.worker.lanes import LaneSet, plan
 def test_plan(count: int, lags: list[int], reserves: list[int], takes: list[int]) -> None:
     got = plan(count, lags, reserves)
     assert got == takes and sum(got) <= count
+
+
+@pytest.mark.parametrize(("lags", "takes", "read", "again"), [
+    ([-1, 5000, 5000], [160, 20, 20], [0, 20, 20], [0, 160, 0]),  # unknown lane 0 empty: the rest from lane 1
+    ([-1, 5000, 5000], [160, 20, 20], [60, 20, 20], [0, 100, 0]),  # it held 60
+    ([-1, 5000, 5000], [160, 20, 20], [160, 20, 20], [0, 0, 0]),  # it held all it was given: no second read
+    ([-1, 10, 10], [180, 10, 10], [0, 10, 10], [0, 0, 0]),  # the known lanes gave all they hold already
+    ([-1, -1, 500], [180, 0, 20], [0, 0, 20], [0, 0, 180]),  # two unknown lanes, both empty: neither is read again
+    ([-1, 500, 500], [160, 20, 20], [0, 5, 20], [0, 0, 175]),  # lane 1 came up short too (another consumer): not again
+    ([500, 500, 500], [160, 20, 20], [0, 0, 0], [0, 0, 0]),  # every lag known: never a second read
+])
+def test_refill_reads_the_shortfall_of_unknown_lanes_from_the_others(
+        lags: list[int], takes: list[int], read: list[int], again: list[int]) -> None:
+    assert refill(lags, takes, read) == again
+
+
+def test_an_empty_lane_of_unknown_lag_does_not_shrink_reads() -> None:
+    """The review's case: lane 0's lag unknown but empty, lanes 1 and 2 backlogged; each read still gets 200."""
+    lags, reserves = [-1, 5000, 5000], [0, 20, 20]
+    takes = plan(200, lags, reserves)
+    assert takes == [160, 20, 20]
+    read = [0, *takes[1:]]  # what Redis gives: nothing from lane 0
+    again = refill(lags, takes, read)
+    assert sum(read) + sum(again) == 200 and again[0] == 0
 
 
 def test_floor_credit_holds_over_small_reads_and_is_not_saved_up_while_empty() -> None:
