@@ -4,10 +4,10 @@ no duplicate) and handled once. Then the CLI: list, pause, resume, trigger, and 
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -54,7 +54,11 @@ async def test_three_processes_under_two_supervisors_append_each_tick_once(
     await wait_for(lambda: sum(spawned.output(s).count("running groups") for s in supervisors) >= 3, 30,
                    message="3 worker processes running")
     start = len(await tick_ids(redis, ns))
-    await asyncio.sleep(10)  # the proof is the 10 s of ticks the three processes evaluate together
+
+    async def ten_more() -> bool:  # the proof is 10 ticks (10 s) the three processes evaluate together
+        return len(await tick_ids(redis, ns)) >= start + 10
+
+    await wait_for(ten_more, 30, interval=0.2, message="10 more ticks appended")
     for s in supervisors:
         s.send_signal(signal.SIGTERM)
     for s in supervisors:
@@ -65,17 +69,18 @@ async def test_three_processes_under_two_supervisors_append_each_tick_once(
     gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(ticks)]
     runs = {k.decode(): int(v) for k, v in (await redis.hgetall(f"{ns}:runs")).items()}
     calls = Counter({k.decode(): int(v) for k, v in (await redis.hgetall(f"{ns}:calls")).items()})
-    print(f"{len(ids)} appends of {len(counts)} ticks ({len(ids) - start} in the 10 s), "
+    print(f"{len(ids)} appends of {len(counts)} ticks ({len(ids) - start} while watched), "
           f"duplicates: {[i for i, n in counts.items() if n > 1]}, gaps: {[g for g in gaps if g != 1.0]}, "
           f"function runs per tick: {sorted(Counter(calls.values()).items())} (runs: ticks)")
     # the processes raced for the ticks (their function ran in several of them), and the dedup kept one append
     assert sum(calls.values()) > len(counts), calls
     assert all(n == 1 for n in counts.values()), counts
     assert gaps == [1.0] * len(gaps), gaps
-    assert len(ids) - start >= 9
+    assert len(ids) - start >= 10
     assert {i: runs.get(i, 0) for i in counts} == dict.fromkeys(counts, 1)  # each tick handled once, too
     logs = "".join(spawned.output(s) for s in supervisors)
-    assert "Traceback" not in logs and "failed" not in logs, logs[-3000:]
+    # no tick failed (runner.py's line for it) and nothing crashed; other lines may say "failed" harmlessly
+    assert "Traceback" not in logs and not re.findall(r"schedule [\w-]+: tick \S+ failed", logs), logs[-3000:]
 
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
