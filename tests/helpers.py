@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
+
+import redis.asyncio as aioredis
 
 Predicate = Callable[[], object] | Callable[[], Awaitable[object]]
 
@@ -33,3 +36,14 @@ async def wait_for(
             what = message or getattr(predicate, "__qualname__", repr(predicate))
             raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
         await asyncio.sleep(interval)
+
+
+async def redis_ms(redis: aioredis.Redis) -> int:
+    """Redis's clock (TIME) in ms: due times and schedules are on it, never on the test's."""
+    seconds, micros = await redis.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+async def appended_ids(redis: aioredis.Redis, stream: str) -> Counter[str]:
+    """How often each event id is in the stream."""
+    return Counter(fields[b"event_id"].decode() for _, fields in await redis.xrange(stream))

@@ -17,11 +17,14 @@ import redis.asyncio as aioredis
 
 from streamproc import Context, Event, Outgoing, Published
 from tests.faults.test_processes import Procs
+from tests.helpers import appended_ids
 from tests.inproc import open_app, partition, publish_until_accepted, running
 from tests.procapp import Work, make_app
 from tests.redis_server import RedisServer
 
-KILLED_BATCH = 10  # events per move in the SIGKILL test: a burst takes hundreds of moves, so the kill lands mid-way
+# Events per move in the SIGKILL test: one, so the 3,000-event burst takes at least 3000 / MAX_BURST (16) round trips
+# (hundreds of ms), while the test kills within one poll (20 ms) of the first append: the kill lands mid-move.
+KILLED_BATCH = 1
 
 
 @pytest.fixture
@@ -32,10 +35,6 @@ def workers(ns: str, redis_url: str, tmp_path: Path) -> Iterator[Procs]:
         yield started
     finally:
         started.cleanup()
-
-
-async def appended_ids(redis: aioredis.Redis, stream: str) -> Counter[str]:
-    return Counter(fields[b"event_id"].decode() for _, fields in await redis.xrange(stream))
 
 
 async def schedule_work(procs: Procs, count: int, delay: float) -> list[Published]:
@@ -89,8 +88,12 @@ async def test_three_processes_append_a_due_burst_once(workers: Procs, redis: ai
     await workers.wait(all_handled, 40, "5,000 due events handled", alive=[supervisor])
     assert await appended_ids(redis, stream) == Counter(dict.fromkeys(wanted, 1)), "each appended exactly once"
     handled = await runs(redis, workers.ns)
-    print(f"{sum(handled.values()) - len(wanted)} handler runs beyond the first")
-    assert all(handled[e] >= 1 for e in wanted)
+    duplicates = sum(handled.values()) - len(wanted)
+    # No process dies: a run is repeated only when its lease (LEASE_MS, 250 ms) lapsed in a process the machine
+    # stalled, and another process claimed the entry. 1% allows for a loaded machine; more is a bug.
+    bound = len(wanted) // 100
+    print(f"{duplicates} handler runs beyond the first (bound {bound})")
+    assert all(handled[e] >= 1 for e in wanted) and duplicates <= bound
 
 
 class Reminder(Event, tag="reminder.due"):
@@ -120,7 +123,12 @@ async def test_redis_restart_with_aof_loses_no_scheduled_event(ns: str, fresh_re
             await worker.wait_for(lambda: set(handled) >= wanted, timeout=20, message="every event handled")
             stream = partition(app, Reminder).stream
             assert await appended_ids(app.redis, stream) == Counter(dict.fromkeys(wanted, 1))
-    print(f"{handled.total() - len(wanted)} handler runs beyond the first (at-least-once across the outage)")
-    assert set(handled) == wanted
+    # At-least-once across one outage: a run whose ack the AOF lost, or whose read the restart cut short, runs
+    # again once. Seen: 0 to 2 of 201 (among any of the three groups); 10% and twice each is the bound.
+    twice = {name: sum(handled[p.event_id] - 1 for p in group)
+             for name, group in (("soon", soon), ("later", later), ("after", after))}
+    bound = len(wanted) // 10
+    print(f"handler runs beyond the first: {twice} (bound {bound} in all, each event at most twice)")
+    assert set(handled) == wanted and sum(twice.values()) <= bound and max(handled.values()) <= 2, twice
     for p in soon + later:
         assert p.due_ms is not None and handled_at[p.event_id] >= p.due_ms, "handled before its due time"
