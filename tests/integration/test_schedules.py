@@ -334,3 +334,27 @@ async def test_a_fatal_redis_error_while_firing_stops_the_schedules_loop(redis_u
     finally:
         await app.aclose()
     assert len(stopped) == 1 and "WRONGTYPE" in str(stopped[0]), stopped
+
+
+async def test_a_transient_redis_error_while_firing_is_retried(redis_url: str, ns: str, redis: aioredis.Redis,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """Redis full (maxmemory, noeviction) refuses the tick's append: logged and retried, the loop goes on."""
+    app = make_app(ns, redis_url, grace_ms=30_000)
+    beat(app, "second")
+    stopped: list[FatalRedisError] = []
+    stopping = asyncio.Event()
+    caplog.set_level(logging.INFO, logger="streamproc.schedule")
+    await redis.config_set("maxmemory-policy", "noeviction")
+    await redis.config_set("maxmemory", 1)
+    loop = asyncio.create_task(run_schedules(app, stopping, stopped.append))
+    try:
+        await wait_for(lambda: sum("OutOfMemoryError" in r.getMessage() for r in caplog.records) >= 2, 15,
+                       message="two refused ticks")
+        await redis.config_set("maxmemory", 0)
+        await _wait_ids(redis, app, "second", 1)
+    finally:
+        await redis.config_set("maxmemory", 0)
+        stopping.set()
+        await asyncio.wait_for(loop, 15)
+        await app.aclose()
+    assert stopped == []
