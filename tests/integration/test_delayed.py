@@ -20,7 +20,7 @@ from streamproc.keys import PartitionKeys, delayed_index
 from streamproc.publish.delayed import pack_entry
 from streamproc.redis.errors import FatalRedisError
 from streamproc.testing import drain
-from streamproc.worker.promote import SWEEP_EVERY, Promoter, promote
+from streamproc.worker.promote import POLL_PARTITIONS, SWEEP_EVERY, Promoter, promote
 from tests.helpers import appended_ids, redis_ms, wait_for
 from tests.inproc import Calls, fast_settings, handler_recording, open_app, partition, running
 from tests.otel import Spans, parent_id, recorded_spans
@@ -371,6 +371,42 @@ async def test_entries_that_cannot_be_appended_are_set_aside_and_the_rest_moves(
         assert "odd" in reasons["odd"] and "WRONGTYPE" in reasons["wrongtype"], reasons
         assert {f[b"entry"] for _, f in dead} == set(bad.values()), "each is kept as it was stored"
         assert await nothing_waits(redis, [keys]) and await redis.xlen(keys.delayed_dead()) == len(bad)
+
+
+async def test_more_due_partitions_than_one_poll_returns_are_polled_again_at_once(ns: str, redis_url: str,
+                                                                                  redis: aioredis.Redis) -> None:
+    async with open_app(ns, redis_url) as app:
+        app.register(WideA, groups=["g"])
+        keys = {partition_of(WideA(k=str(i))): str(i) for i in reversed(range(5000))}
+        await app.publish_many([WideA(k=k) for k in keys.values()])  # the streams exist: no move has to make one
+        await app.publish_many([Outgoing(WideA(k=k), delay=0.01) for k in keys.values()])
+        promoter = Promoter(app)
+
+        async def all_due() -> bool:  # by Redis's clock, as the mover sees it
+            return bool(await redis.zcount(delayed_index(ns)[0], 0, await redis_ms(redis)) == len(keys))
+
+        await wait_for(all_due)
+        # 200 due partitions: two full lists of POLL_PARTITIONS, each followed at once by the next poll, then a poll
+        # that finds nothing due and pauses as usual.
+        pauses = [await promoter.step() for _ in range(3)]
+        assert len(keys) == 2 * POLL_PARTITIONS and pauses[:2] == [0.0, 0.0] and pauses[2] > 0, pauses
+        assert await nothing_waits(redis, [partition(app, WideA, p) for p in keys])
+
+
+async def test_first_delayed_event_of_a_type_without_groups_makes_its_stream_quietly(
+        ns: str, redis_url: str, redis: aioredis.Redis, caplog: pytest.LogCaptureFixture) -> None:
+    async with open_app(ns, redis_url) as app:
+        app.register(Reminder)  # no group declared anywhere: the move makes the stream, as a plain publish would
+        keys = partition(app, Reminder)
+        await app.publish(Reminder(user_id="u"), delay=0.01)
+        promoter = Promoter(app)
+
+        async def moved() -> bool:
+            await promoter.step()
+            return bool(await redis.xlen(keys.stream) == 1)
+
+        await wait_for(moved)
+    assert not [r.getMessage() for r in caplog.records if "vanished" in r.getMessage()]
 
 
 async def test_idle_cost_does_not_grow_with_partitions(ns: str, fresh_redis: RedisServer) -> None:
