@@ -106,16 +106,20 @@ class StreamStateCollector(Collector):
                                   "partition and lane", labels=["stream", "type", "partition", "lane"])
         orphans = GaugeMetricFamily("streamproc_orphan_groups", "Consumer groups on the stream that no app declares "
                                     "(renamed or removed handler groups: `streamproc groups list`)", labels=["stream"])
+        dead = GaugeMetricFamily("streamproc_delayed_dead_entries", "Delayed events the mover could not append "
+                                 "(unreadable, another slot's stream, XADD refused), set aside in the partition's "
+                                 "delayeddead stream", labels=["type", "partition"])
         up = GaugeMetricFamily("streamproc_redis_up", "1 if Redis answered every call of this scrape, 0 if not")
         try:
             self.redis.ping()  # first, alone: when Redis is down, the one call that fails
             self._read_state(families, orphans)
+            self._read_delayed_dead(dead)
         except redis.RedisError:
             up.add_metric([], 0)  # expose what was read; the group families may be empty or partial
         else:
             up.add_metric([], 1)
         yield up
-        yield from (*families, orphans)
+        yield from (*families, orphans, dead)
         if self._add_lanes(lanes):
             yield lanes
 
@@ -135,6 +139,15 @@ class StreamStateCollector(Collector):
                     for family, value in zip(families, values, strict=True):
                         family.add_metric([keys.stream, group], value)
                 orphans.add_metric([keys.stream], self._orphans(keys, route.all_groups()))
+
+    def _read_delayed_dead(self, family: GaugeMetricFamily) -> None:
+        """One XLEN per partition (its lanes share its delayed store), in one round trip."""
+        parts = {keys.member: keys for route in self.topology.by_tag.values() for keys in route.partitions}
+        pipe = self.redis.pipeline(transaction=False)
+        for keys in parts.values():
+            pipe.xlen(keys.delayed_dead())
+        for keys, count in zip(parts.values(), pipe.execute(), strict=True):
+            family.add_metric([keys.tag, str(keys.partition)], count)
 
     def _orphans(self, keys: PartitionKeys, own: Collection[str]) -> int:
         pipe = self.redis.pipeline(transaction=False)

@@ -17,6 +17,7 @@ from opentelemetry.trace import SpanKind
 
 from streamproc import App, BacklogFull, Context, Event, InvalidEvent, Outgoing, SyncPublisher, partition_of
 from streamproc.keys import PartitionKeys, delayed_index
+from streamproc.observe.metrics import StreamStateCollector
 from streamproc.publish.delayed import pack_entry
 from streamproc.redis.errors import FatalRedisError
 from streamproc.testing import drain
@@ -371,6 +372,13 @@ async def test_entries_that_cannot_be_appended_are_set_aside_and_the_rest_moves(
         assert "odd" in reasons["odd"] and "WRONGTYPE" in reasons["wrongtype"], reasons
         assert {f[b"entry"] for _, f in dead} == set(bad.values()), "each is kept as it was stored"
         assert await nothing_waits(redis, [keys]) and await redis.xlen(keys.delayed_dead()) == len(bad)
+        collector = StreamStateCollector(app.topology, redis_url)
+        try:
+            families = {f.name: f.samples for f in await asyncio.to_thread(lambda: list(collector.collect()))}
+        finally:
+            collector.close()
+        assert [(s.labels, s.value) for s in families["streamproc_delayed_dead_entries"]] == [
+            ({"type": "reminder.due", "partition": "0"}, len(bad))]
 
 
 async def test_more_due_partitions_than_one_poll_returns_are_polled_again_at_once(ns: str, redis_url: str,

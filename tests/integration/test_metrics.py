@@ -179,7 +179,8 @@ def test_stream_state_when_redis_is_unreachable_is_redis_down_and_empty_families
     assert [(s.name, s.labels, s.value) for s in up] == [("streamproc_redis_up", {}, 0)]
     assert set(families) == {"streamproc_group_lag", "streamproc_group_pending",
                              "streamproc_group_oldest_pending_age_seconds", "streamproc_group_scheduled_retries",
-                             "streamproc_group_dead_letters", "streamproc_orphan_groups"}
+                             "streamproc_group_dead_letters", "streamproc_orphan_groups",
+                             "streamproc_delayed_dead_entries"}
     assert all(samples == [] for samples in families.values())
 
 
