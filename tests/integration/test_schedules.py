@@ -22,7 +22,7 @@ from streamproc.redis.errors import FatalRedisError
 from streamproc.schedule.cron import tick_text
 from streamproc.schedule.ops import list_schedules, set_paused, trigger
 from streamproc.worker.schedules import run_schedules
-from tests.helpers import wait_for
+from tests.helpers import redis_ms, wait_for
 from tests.inproc import fast_settings, running
 
 pytestmark = pytest.mark.timeout(60)
@@ -57,11 +57,6 @@ async def entries(redis: aioredis.Redis, app: App) -> list[str]:
 
 def ids_of(all_ids: list[str], name: str) -> list[str]:
     return [i for i in all_ids if i.startswith(f"cron:{name}:")]
-
-
-async def redis_ms(redis: aioredis.Redis) -> int:
-    seconds, micros = await redis.time()
-    return int(seconds) * 1000 + int(micros) // 1000
 
 
 async def wait_quiet(redis: aioredis.Redis, every_ms: int, room_ms: int) -> int:
