@@ -116,7 +116,7 @@ class Publisher(PublisherState):
 
     async def send(self, prepared: list[Prepared], atomic: bool = False) -> list[Published]:
         """Append prepared events. With `atomic`, in one MULTI/EXEC, so that either all or none are appended (a
-        batch with delayed events is refused then: see refuse_atomic_delayed)."""
+        batch with delayed events is refused then: see delayed.atomic_delayed_error)."""
         if not prepared:
             return []
         refused = atomic_delayed_error(prepared, atomic)
